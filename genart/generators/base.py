@@ -1,0 +1,27 @@
+"""The small interface every generator shares (see docs/architecture.md)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Generator(nn.Module):
+    """θ → image (1, 3, H, W) in [0, 1]; the loop only sees this interface."""
+
+    size: tuple[int, int]  # (width, height) actually rendered
+
+    def theta(self) -> list[nn.Parameter]:
+        """The tensors the optimiser updates."""
+        raise NotImplementedError
+
+    def encode(self, image: torch.Tensor) -> None:
+        """Set θ from an image (1, 3, H, W) in [0, 1]."""
+        raise NotImplementedError
+
+    def latent(self) -> torch.Tensor:
+        """θ as one tensor (for the init-image pull and crossover)."""
+        return self.theta()[0]
+
+    def post_step(self) -> None:
+        """Called under no_grad after each optimiser step."""

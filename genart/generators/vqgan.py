@@ -1,0 +1,234 @@
+"""VQGAN latents as θ: taming's encoder/decoder/codebook (Esser et al. 2021) with the
+straight-through quantisation and ClampWithGrad of VQGAN+CLIP (Crowson 2021)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from taming.modules.diffusionmodules.model import Decoder, Encoder
+from taming.modules.vqvae.quantize import VectorQuantizer2
+from torch import nn
+
+from genart.errors import UserError
+from genart.generators.base import Generator
+from genart.weights import load_checkpoint
+
+
+class ClampWithGrad(torch.autograd.Function):
+    """clamp(x, 0, 1) whose gradient never pushes a value further out of range."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp(0, 1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * (grad * (x - x.clamp(0, 1)) >= 0)
+
+
+def clamp_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Apply ClampWithGrad."""
+    return ClampWithGrad.apply(x)
+
+
+def nearest_codes(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """q(z): the nearest codebook row at every position, distances in fp32."""
+    b, c, h, w = z.shape
+    flat = z.float().permute(0, 2, 3, 1).reshape(-1, c)  # (B·h·w, D)
+    book = codebook.float()  # (K, D)
+    dist = flat.pow(2).sum(1, keepdim=True) + book.pow(2).sum(1) - 2 * flat @ book.T  # (B·h·w, K)
+    rows = book[dist.argmin(1)]  # (B·h·w, D)
+    return rows.view(b, h, w, c).permute(0, 3, 1, 2).to(z.dtype)  # (B, D, h, w)
+
+
+def quantize_st(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Straight-through quantisation: forward q(z), gradient of the identity."""
+    return z + (nearest_codes(z, codebook) - z).detach()
+
+
+def round_size(size: Sequence[int], factor: int) -> tuple[int, int]:
+    """(width, height) rounded to the nearest multiple of `factor`, at least one tile."""
+    width, height = (max(factor, int(s / factor + 0.5) * factor) for s in size)
+    if (width, height) != (int(size[0]), int(size[1])):
+        warnings.warn(
+            f"VQGAN renders multiples of {factor} px: size {size[0]}x{size[1]} → using "
+            f"{width}x{height}",
+            stacklevel=3,
+        )
+    return width, height
+
+
+def plain(value: Any) -> Any:
+    """Config containers (e.g. OmegaConf) → plain dicts and lists, as taming expects."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [plain(v) for v in value]
+    return value
+
+
+class TamingVQ(nn.Module):
+    """taming's VQModel without Lightning or the loss: attribute names match its state_dict."""
+
+    def __init__(self, ddconfig: dict, n_embed: int, embed_dim: int):
+        super().__init__()
+        with contextlib.redirect_stdout(io.StringIO()):  # taming's Decoder prints the z shape
+            self.encoder = Encoder(**ddconfig)
+            self.decoder = Decoder(**ddconfig)
+        self.quantize = VectorQuantizer2(n_embed, embed_dim, beta=0.25)
+        self.quant_conv = nn.Conv2d(ddconfig["z_channels"], embed_dim, 1)
+        self.post_quant_conv = nn.Conv2d(embed_dim, ddconfig["z_channels"], 1)
+
+
+@torch.no_grad()
+def init_random_(model: nn.Module, seed: int) -> None:
+    """Seeded init from a local generator (same model in every process, global RNG untouched)."""
+    gen = torch.Generator().manual_seed(seed)
+    done: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):  # torch's default init distribution
+            bound = 1 / math.sqrt(module.weight[0].numel())
+            for p in (module.weight, module.bias):
+                if p is not None:
+                    p.uniform_(-bound, bound, generator=gen)
+        elif isinstance(module, nn.GroupNorm):
+            module.weight.fill_(1)
+            module.bias.fill_(0)
+        elif isinstance(module, nn.Embedding):  # unit-scale codes so a random decoder sees z vary
+            module.weight.normal_(generator=gen)
+        done.update(id(p) for p in module.parameters(recurse=False))
+    missed = [n for n, p in model.named_parameters() if id(p) not in done]
+    if missed:
+        raise TypeError(f"init_random_ does not know how to initialise {missed[:3]}")
+
+
+def load_weights_(model: nn.Module, path: str) -> None:
+    """Load a taming checkpoint (Lightning or bare state_dict) strictly, minus the `loss.*` keys."""
+    checkpoint = load_checkpoint(path)
+    state = checkpoint.get("state_dict", checkpoint)
+    state = {k: v for k, v in state.items() if not k.startswith("loss.")}
+    problems = state_dict_mismatch(model.state_dict(), state)
+    if problems:
+        raise UserError(
+            f"The weights in {path} do not fit this VQGAN config ({problems}). Pick the generator "
+            "config that matches the file (n_embed, embed_dim, ddconfig), or the file that "
+            "matches the config."
+        )
+    model.load_state_dict(state, strict=True, assign=True)
+
+
+def state_dict_mismatch(expected: Mapping, given: Mapping) -> str:
+    """A short description of missing, unexpected and mis-shaped keys ('' when they match)."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [
+        f"{k}: file {tuple(given[k].shape)} vs config {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in given and tuple(getattr(given[k], "shape", ())) != tuple(v.shape)
+    ]
+    parts = [
+        f"{len(keys)} {what}, e.g. {keys[0]}"
+        for what, keys in (("missing keys", missing), ("unexpected keys", unexpected))
+        if keys
+    ]
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatches, e.g. {shapes[0]}")
+    return "; ".join(parts)
+
+
+def build_model(ddconfig: dict, n_embed: int, embed_dim: int, weights: Mapping | None, seed: int):
+    """A frozen TamingVQ: from a weights file, or randomly initialised from `seed`."""
+    with torch.device("meta"):  # no memory and no global-RNG draws until weights arrive
+        model = TamingVQ(ddconfig, n_embed, embed_dim)
+    if weights is None:
+        model.to_empty(device="cpu")
+        init_random_(model, seed)
+    elif weights.get("path"):
+        load_weights_(model, str(weights["path"]))
+    else:
+        raise ValueError("weights['path'] is unset: resolve it with genart.weights.resolve_weights")
+    return model.float().requires_grad_(False).eval()
+
+
+class VQGANGenerator(Generator):
+    """θ = z (1, embed_dim, h, w); image = ClampWithGrad((decoder(q(z)) + 1) / 2)."""
+
+    def __init__(
+        self,
+        size: list[int],
+        ddconfig: dict,
+        n_embed: int,
+        embed_dim: int,
+        weights: dict | None = None,
+        init_seed: int = 0,
+        init: str = "random",
+    ):
+        super().__init__()
+        ddconfig = plain(ddconfig)
+        self.factor = 2 ** (len(ddconfig["ch_mult"]) - 1)
+        self.size = round_size(size, self.factor)
+        self.model = build_model(ddconfig, int(n_embed), int(embed_dim), weights, int(init_seed))
+        codebook = self.codebook  # (K, D)
+        self.register_buffer("z_min", codebook.amin(0).view(1, -1, 1, 1))  # (1, D, 1, 1)
+        self.register_buffer("z_max", codebook.amax(0).view(1, -1, 1, 1))
+        if init != "random":
+            raise ValueError(f"VQGANGenerator init={init!r}: only 'random' (codebook tokens)")
+        width, height = self.size
+        self.z = nn.Parameter(self.random_latent(height // self.factor, width // self.factor))
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """The codebook (n_embed, embed_dim)."""
+        return self.model.quantize.embedding.weight
+
+    def random_latent(self, h: int, w: int) -> torch.Tensor:
+        """Random codebook tokens (= one_hot(idx) @ codebook), drawn from the global RNG."""
+        idx = torch.randint(self.codebook.shape[0], (h * w,))
+        return self.codebook[idx].T.reshape(1, -1, h, w).clone()  # (1, D, h, w)
+
+    def train(self, mode: bool = True) -> VQGANGenerator:
+        """Only z trains; the frozen model stays in eval mode."""
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    def theta(self) -> list[nn.Parameter]:
+        return [self.z]
+
+    def latent(self) -> torch.Tensor:
+        return self.z
+
+    def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """Any latent (B, D, h, w) → image (B, 3, H, W) in [0, 1], quantised straight-through."""
+        z_q = quantize_st(z, self.codebook)
+        dec = self.model.decoder(self.model.post_quant_conv(z_q))  # (B, 3, H, W) in ~[-1, 1]
+        return clamp_with_grad((dec + 1) / 2)
+
+    def forward(self) -> torch.Tensor:
+        return self.decode_latent(self.z)  # (1, 3, H, W) in [0, 1]
+
+    @torch.no_grad()
+    def post_step(self) -> None:
+        """Keep z inside the codebook's per-channel range."""
+        self.z.copy_(torch.minimum(torch.maximum(self.z, self.z_min), self.z_max))
+
+    @torch.no_grad()
+    def encode(self, image: torch.Tensor) -> None:
+        """z = quant_conv(encoder(2·image − 1)), the image resized to self.size first."""
+        width, height = self.size
+        image = image.to(self.z)
+        if image.shape[-2:] != (height, width):
+            image = F.interpolate(
+                image, size=(height, width), mode="bicubic", align_corners=False, antialias=True
+            ).clamp(0, 1)
+        z = self.model.quant_conv(self.model.encoder(2 * image - 1))  # (1, D, h, w)
+        self.z.copy_(z)

@@ -1,0 +1,308 @@
+"""The one optimisation loop: build the parts from the config, optimise θ, record, return a score.
+
+This is the only module that calls `instantiate`; it never names a generator, guide or loss.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from genart.errors import UserError
+
+
+@dataclass
+class Run:
+    """What callbacks see of a run."""
+
+    run_dir: Path
+    config: dict
+    meta: dict
+    generator: object = None
+    guide: object = None
+    cutouts: object = None
+    schedule: object = None
+    losses: dict = field(default_factory=dict)
+    optimizer: object = None
+    callbacks: list = field(default_factory=list)
+    start_step: int = 0
+    step: int = 0
+    env: dict = field(default_factory=dict)
+    autocast: object = None
+
+
+def resolve_all_weights(cfg: DictConfig) -> DictConfig:
+    """Point every `weights:` node at a local file, before any heavy import (fail fast)."""
+    from genart.weights import find_weights_nodes, resolve_weights
+
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for key, node in find_weights_nodes(container):
+        node["path"] = str(resolve_weights(node, key))
+    return OmegaConf.create(container)
+
+
+def build(cfg: DictConfig, run: Run) -> None:
+    """Instantiate generator, guide, cutouts, prompts, losses, optimiser and callbacks."""
+    import torch
+    from hydra.utils import instantiate
+
+    from genart.runtime import environment, pick_device, seed_everything, set_threads
+
+    threads = set_threads(cfg.get("threads"))
+    device = pick_device(cfg.device)
+    run.env = environment(device, cfg.precision, threads)
+    run.autocast = autocast_for(device, cfg.precision)
+    seed_everything(cfg.seed)
+    run.generator = instantiate(cfg.generator).to(device)
+    run.guide = instantiate(cfg.guide).to(device)
+    run.cutouts = instantiate(cfg.cutouts, cut_size=cfg.cutouts.get("cut_size") or run.guide.input_size)
+    run.schedule = instantiate(cfg.prompts, _convert_="all")
+    run.losses = {name: instantiate(node).to(device) for name, node in cfg.losses.items() if node is not None}
+    if not run.losses:
+        raise UserError("Every loss is switched off (losses.<name>: null). Keep at least losses.prompt.")
+    run.optimizer = instantiate(cfg.optimizer)(params=run.generator.theta())
+    run.callbacks = default_callbacks() + ([instantiate(cfg.logger)] if cfg.get("logger") else [])
+    torch.set_grad_enabled(True)
+
+
+def autocast_for(device, precision: str):
+    """Mixed precision for the generator and guide only; losses and distances stay in fp32."""
+    import torch
+
+    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in dtypes:
+        raise UserError(f"precision={precision} is not known; use fp32, bf16 or fp16.")
+    if dtypes[precision] is None:
+        return nullcontext
+    return lambda: torch.autocast(device.type, dtype=dtypes[precision])
+
+
+def default_callbacks() -> list:
+    from genart.callbacks.checkpoint import CheckpointCallback
+    from genart.callbacks.frames import FramesCallback, VideoCallback
+    from genart.callbacks.stats import StatsCallback
+
+    return [FramesCallback(), CheckpointCallback(), StatsCallback(), VideoCallback()]
+
+
+def embed_targets(run: Run) -> list:
+    """Per guide model, the (P, D) embeddings of every prompt (texts cached by the guide)."""
+    import torch
+    import torch.nn.functional as F
+
+    from genart.images import load_image
+
+    prompts, size = run.schedule.prompts, run.guide.input_size
+    texts = [p.text for p in prompts if not p.is_image]
+    text_embeds = run.guide.encode_text(texts) if texts else None
+    per_model, t = [[] for _ in run.guide.weights], 0
+    for prompt in prompts:
+        if prompt.is_image:
+            device = next(iter(run.generator.theta())).device
+            image = load_image(prompt.text, "prompts.images").to(device)
+            pixels = F.interpolate(image, (size, size), mode="bilinear", antialias=True)
+            with torch.no_grad():
+                rows = run.guide.encode_image(pixels)
+            for m, row in enumerate(rows):
+                per_model[m].append(row[0])
+        else:
+            for m, embeds in enumerate(text_embeds):
+                per_model[m].append(embeds[t])
+            t += 1
+    return [torch.stack(rows).float().detach() for rows in per_model]
+
+
+def apply_init(cfg: DictConfig, run: Run) -> dict:
+    """Encode the init image (a file, or one made in code by `init.make`) into θ."""
+    import torch
+
+    image = load_init_image(cfg.init, run.generator.size)
+    if image is None:
+        return {}
+    with torch.no_grad():
+        run.generator.encode(image.to(run.generator.theta()[0].device))
+        init_image = run.generator()
+    return {"init_latent": run.generator.latent().detach().clone(), "init_image": init_image.detach()}
+
+
+def load_init_image(init: DictConfig, size: tuple[int, int]):
+    """(1, 3, H, W) in [0, 1] or None; `init.blur` softens an edited image (seed 001's surgery)."""
+    from hydra.utils import instantiate
+
+    from genart.images import load_image
+
+    if init.get("make"):
+        image = instantiate(init.make)(width=size[0], height=size[1])
+    elif init.get("image"):
+        image = load_image(init.image, "init.image")
+    else:
+        return None
+    if init.get("blur"):
+        import kornia.filters
+
+        sigma = float(init.blur)
+        k = 2 * int(3 * sigma) + 1
+        image = kornia.filters.gaussian_blur2d(image, (k, k), (sigma, sigma), border_type="reflect")
+    return image
+
+
+def guided_step(run: Run, step: int, targets: list, init: dict):
+    """One forward/backward/update; returns the loss terms and what the stats need."""
+    import torch
+
+    from genart.losses import LossContext
+
+    with run.autocast():
+        image = run.generator()  # (1, 3, H, W) in [0, 1]
+        views = run.cutouts(image, step)
+        image_embeds = run.guide.encode_image(views.pixels)
+    image_embeds = [e.float() for e in image_embeds]
+    sims = mean_similarity(run, image_embeds, targets) if run.schedule.needs_sims else None
+    W, winners = run.schedule.weights(step, views, sims)
+    ctx = LossContext(
+        step=step, image=image, views=views, image_embeds=image_embeds, text_embeds=targets,
+        model_weights=run.guide.weights, W=W, stops=run.schedule.stops(W.device),
+        anchor_mix=run.schedule.anchor_mix(views), latent=run.generator.latent(), **init,
+    )
+    terms = {name: loss.weight * loss(ctx) for name, loss in run.losses.items() if loss.active(step)}
+    total = sum(terms.values()) if terms else image.new_zeros(())
+    run.optimizer.zero_grad(set_to_none=True)
+    if total.requires_grad:
+        total.backward()
+    run.optimizer.step()
+    with torch.no_grad():
+        run.generator.post_step()
+    return {"terms": terms, "total": total, "views": views, "W": W, "winners": winners, "sims": sims}
+
+
+def mean_similarity(run: Run, image_embeds: list, targets: list):
+    """(N, P) cosine similarity, ensemble-weighted; selection only, so no gradient."""
+    total = sum(run.guide.weights)
+    return sum(w * (e.detach() @ t.T) for w, e, t in zip(run.guide.weights, image_embeds, targets)) / total
+
+
+def check_finite(out: dict, step: int, run: Run) -> None:
+    """Stop before saving anything if the loss went NaN/inf, naming the term."""
+    import torch
+
+    if bool(torch.isfinite(out["total"])):
+        return
+    bad = [name for name, value in out["terms"].items() if not bool(torch.isfinite(value))]
+    raise UserError(
+        f"The loss became NaN/inf at step {step} (term: {', '.join(bad) or 'total'}). Nothing from "
+        f"this step was saved; the last good frames and checkpoint stay in {run.run_dir}. Lower "
+        "optimizer.lr or that term's weight, or use precision=fp32, then start again or resume "
+        f"with resume={run.run_dir}."
+    )
+
+
+def current_image(run: Run):
+    """A renderer of the present image, computed at most once per step and only if asked for."""
+    import torch
+
+    cache = []
+
+    def render():
+        if not cache:
+            with torch.no_grad(), run.autocast():
+                cache.append(run.generator().float())
+        return cache[0]
+
+    return render
+
+
+def optimise(cfg: DictConfig, run: Run, targets: list, init: dict) -> None:
+    """The loop: steps, progress bar (loss refreshed every log_every), callbacks."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.steps, initial=run.start_step, desc="genart", dynamic_ncols=True)
+    for step in range(run.start_step, cfg.steps):
+        out = guided_step(run, step, targets, init)
+        run.step = done = step + 1
+        log = done % cfg.log_every == 0 or done == cfg.steps
+        save = done % cfg.save_every == 0 or done == cfg.steps
+        if log or save:
+            check_finite(out, done, run)
+        state = {**out, "step": done, "log": log, "save": save, "image": current_image(run)}
+        for callback in run.callbacks:
+            callback.on_step(state)
+        bar.update(1)
+        if log:
+            bar.set_postfix(loss=f"{float(out['total'].detach()):.4f}")
+    bar.close()
+
+
+def score_image(run: Run, image, targets: list, step: int, n_views: int, seed: int) -> float:
+    """Weighted prompt similarity over fixed, seeded evaluation views; negative prompts excluded."""
+    import torch
+
+    num = den = 0.0
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        seen = 0
+        while seen < n_views:
+            views = run.cutouts(image, step)
+            embeds = [e.float() for e in run.guide.encode_image(views.pixels)]
+            sims = mean_similarity(run, embeds, targets)
+            W = run.schedule.weights(step, views, sims)[0].clamp(min=0)
+            num, den, seen = num + float((W * sims).sum()), den + float(W.sum()), seen + len(sims)
+    return num / den if den > 0 else math.nan
+
+
+def resume_from_checkpoint(run: Run) -> None:
+    from genart.callbacks.checkpoint import load_checkpoint_into
+    from genart.runtime import set_rng_state
+
+    path = Path(run.run_dir) / "checkpoint.pt"
+    if not path.exists():
+        raise UserError(f"resume={run.run_dir} has no checkpoint.pt to continue from; start a new run.")
+    payload = load_checkpoint_into(path, run.generator, run.optimizer)
+    set_rng_state(payload["rng"])
+    run.start_step = run.step = int(payload["step"])
+
+
+def run(cfg: DictConfig, run_dir: Path, meta: dict | None = None, resume: bool = False) -> float:
+    """Render one image into `run_dir`; return its score (higher is better)."""
+    cfg = resolve_all_weights(cfg)
+    state = Run(run_dir=Path(run_dir), config=OmegaConf.to_container(cfg), meta=meta or {})
+    build(cfg, state)
+    init = apply_init(cfg, state)
+    if resume:
+        resume_from_checkpoint(state)
+    targets = embed_targets(state)
+    for callback in state.callbacks:
+        callback.on_start(state)
+    try:
+        optimise(cfg, state, targets, init)
+    except BaseException:
+        for callback in state.callbacks:
+            getattr(callback, "on_abort", lambda: None)()
+        raise
+    return finish(cfg, state, targets)
+
+
+def finish(cfg: DictConfig, run: Run, targets: list) -> float:
+    """final.png (config in its text chunks), score, callbacks' end, result.json."""
+    from genart.images import save_png
+
+    image = current_image(run)()
+    text = {"prompts": " | ".join(run.schedule.texts), "seed": str(cfg.seed),
+            "config": OmegaConf.to_yaml(cfg)}
+    save_png(image, run.run_dir / "final.png", text)
+    score = score_image(run, image, targets, cfg.steps - 1, cfg.score.views, cfg.score.seed)
+    for callback in run.callbacks:
+        callback.on_end({"step": run.step, "score": score, "image": lambda: image})
+    write_result(run, cfg, status="ok", score=score)
+    return score
+
+
+def write_result(run: Run, cfg: DictConfig, status: str, score: float | None = None, error: str | None = None):
+    result = {"status": status, "score": None if score is None or math.isnan(score) else score,
+              "seed": cfg.seed, "steps": cfg.steps, "overrides": run.meta.get("overrides", []),
+              "error": error, **run.env}
+    (Path(run.run_dir) / "result.json").write_text(json.dumps(result, indent=2))

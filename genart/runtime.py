@@ -1,0 +1,96 @@
+"""Where and how a run computes: device choice, seeding, RNG state capture, threads, provenance."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genart.errors import UserError
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """auto → cuda → mps → cpu; an explicit name must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    unavailable = (device.type == "cuda" and not torch.cuda.is_available()) or (
+        device.type == "mps" and not torch.backends.mps.is_available()
+    )
+    if unavailable:
+        raise UserError(
+            f"device={name} was asked for, but this machine has no {device.type.upper()} device "
+            "that torch can use. Use device=auto (cuda → mps → cpu) or device=cpu."
+        )
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy and random; kornia augmentations draw from torch's RNG."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_threads(threads: int | None) -> int:
+    """Apply the configured CPU thread count (None keeps torch's default); returns the count used."""
+    if threads:
+        torch.set_num_threads(int(threads))
+    return torch.get_num_threads()
+
+
+def rng_state() -> dict:
+    """All RNG states, as tensors and plain Python values so `torch.load(weights_only=True)` reads them."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "random": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(_as_tuples(state["random"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuples(value):
+    """random.setstate wants the nested tuples that a round trip through torch.save may turn into lists."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def git_commit(path: Path | None = None) -> str:
+    """The genart checkout's commit, or "unknown" outside a git checkout."""
+    here = path or Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment(device: torch.device, precision: str, threads: int) -> dict:
+    """What decides the exact pixels of a run: recorded in result.json and in saved presets."""
+    import genart
+
+    return {
+        "device": str(device),
+        "precision": precision,
+        "threads": threads,
+        "torch": torch.__version__,
+        "genart": genart.__version__,
+        "git_commit": git_commit(),
+        "hostname": os.uname().nodename if hasattr(os, "uname") else "",
+    }

@@ -1,0 +1,148 @@
+"""Prompt parsing, templates and the per-view weight rule W_ip = time·pos·size·sel·w."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from genart.errors import UserError
+from genart.prompts import PromptSchedule, interpolate_positions, parse_prompt, render_template
+
+
+def views_at(xs, composition=None, sizes=None):
+    n = len(xs)
+    return SimpleNamespace(
+        centres=torch.tensor([[x, 0.0] for x in xs]),
+        sizes=torch.tensor(sizes or [0.5] * n),
+        pair=torch.full((n,), -1),
+        composition=torch.tensor(composition or [False] * n),
+    )
+
+
+def test_parse_prompt_defaults_and_fields():
+    assert parse_prompt("a sea") == ("a sea", 1.0, -math.inf)
+    assert parse_prompt("a sea:-0.5") == ("a sea", -0.5, -math.inf)
+    assert parse_prompt("a sea:2:0.1") == ("a sea", 2.0, 0.1)
+
+
+@pytest.mark.parametrize("bad", ["sea:abc", "sea:1:x", ":1"])
+def test_parse_prompt_refuses_malformed(bad):
+    with pytest.raises(UserError, match="prompt"):
+        parse_prompt(bad)
+
+
+def test_suffix_and_several_prompts():
+    s = PromptSchedule(text="a sea|a ship:-1", suffix="by James Gurney")
+    assert s.texts == ["a sea by James Gurney", "a ship by James Gurney"]
+    assert s.signed_weights().tolist() == [1.0, -1.0]
+
+
+@pytest.mark.parametrize(
+    "template, subject, entrance, expected",
+    [
+        ("{entrance} to the {subject} realm", "heaven", "entrance", "entrance to the heaven realm"),
+        ("{entrance} to the {subject} realm", "The Underworld", "gateway", "gateway to the Underworld realm"),
+        ("{entrance} to {subject}", "El Dorado", "archway", "archway to El Dorado"),
+        ("{entrance} to {subject}", "The Shire", "gate", "gate to The Shire"),
+    ],
+)
+def test_render_template(template, subject, entrance, expected):
+    assert render_template(template, subject, entrance) == expected
+
+
+def test_doorway_strings():
+    s = PromptSchedule(left="heaven", right="The Underworld", template="{entrance} to the {subject} realm",
+                       entrance="entrance", suffix="by James Gurney")
+    assert s.texts == ["entrance to the heaven realm by James Gurney",
+                       "entrance to the Underworld realm by James Gurney"]
+    assert all("the The" not in t for t in s.texts)
+
+
+def test_linear_positional_weights():
+    x = torch.tensor([-1.0, 0.0, 1.0, -0.5])
+    w = interpolate_positions(x, torch.tensor([-1.0, 1.0]), "linear", 4.0)
+    assert torch.allclose(w[:, 0], torch.tensor([1.0, 0.5, 0.0, 0.75]))
+    assert torch.allclose(w.sum(1), torch.ones(4))
+
+
+@pytest.mark.parametrize("mode", ["linear", "cosine", "sigmoid"])
+@pytest.mark.parametrize("anchors", [[-1.0, 1.0], [-1.0, 0.0, 1.0], [1.0, -1.0, -0.3, 0.4]])
+def test_every_interpolation_is_normalised(mode, anchors):
+    x = torch.linspace(-1, 1, 41)
+    w = interpolate_positions(x, torch.tensor(anchors), mode, 6.0)
+    assert torch.allclose(w.sum(1), torch.ones(41), atol=1e-6)
+    assert (w >= 0).all()
+    # each anchor dominates at its own position
+    for k, a in enumerate(anchors):
+        at = interpolate_positions(torch.tensor([a]), torch.tensor(anchors), mode, 6.0)
+        assert at[0].argmax() == k
+
+
+def test_sigmoid_is_symmetric_and_sharp():
+    w = interpolate_positions(torch.tensor([-1.0, 0.0, 1.0]), torch.tensor([-1.0, 1.0]), "sigmoid", 8.0)
+    assert torch.allclose(w[1], torch.tensor([0.5, 0.5]))
+    assert w[0, 0] > 0.99 and w[2, 1] > 0.99
+
+
+def test_unanchored_prompts_weigh_one_everywhere():
+    s = PromptSchedule(text="secluded, empty, silent, alone", left="heaven", right="hell")
+    pos = s.positional(views_at([-1.0, 0.3, 1.0]))
+    assert torch.allclose(pos[:, 0], torch.ones(3))
+    assert torch.allclose(pos[:, 1:].sum(1), torch.ones(3))
+
+
+def test_combined_weight_rule_by_hand():
+    """W_ip = time_p · pos_ip · size_i · sel_ip · w_p on a case computed by hand."""
+    s = PromptSchedule(
+        left="a", right="b", text="c:-0.5",
+        prompts=[{"text": "d", "weight": 2.0, "start": 5, "end": 10}],
+        size_weighting=lambda sizes: sizes * 2,  # size(s) = 2s
+    )
+    v = views_at([-0.5, 1.0], sizes=[0.25, 0.5])
+    W, winners = s.weights(step=3, views=v)
+    # prompts order: c (everywhere), a (left), b (right), d (time window 5..10)
+    expected = torch.tensor([
+        [-0.5 * 0.5, 0.75 * 0.5, 0.25 * 0.5, 0.0],
+        [-0.5 * 1.0, 0.0, 1.0 * 1.0, 0.0],
+    ])
+    assert torch.allclose(W, expected)
+    assert winners is None
+    W7, _ = s.weights(step=7, views=v)
+    assert torch.allclose(W7[:, 3], torch.tensor([2 * 0.5, 2 * 1.0]))
+
+
+def test_composition_prompts_only_on_composition_views():
+    s = PromptSchedule(left="a", right="b", composition="a landscape")
+    v = views_at([0.0, 0.0], composition=[False, True])
+    W, _ = s.weights(0, v)
+    assert W[0, 2] == 0 and W[1, 2] == 1  # composition prompt
+    assert W[1, :2].abs().sum() == 0  # no positional prompts on a whole-image window
+
+
+def test_story_phases():
+    s = PromptSchedule(phases=[{"start": 0, "end": 10, "text": "dawn"}, {"start": 10, "text": "dusk"}])
+    v = views_at([0.0])
+    assert s.weights(3, v)[0].tolist() == [[1.0, 0.0]]
+    assert s.weights(12, v)[0].tolist() == [[0.0, 1.0]]
+
+
+@pytest.mark.parametrize("select, expected", [("best", [1, 0]), ("worst", [0, 1])])
+def test_best_match_selects_one_prompt(select, expected):
+    s = PromptSchedule(best_match={"prompts": "sword|cthulhu", "select": select})
+    sims = torch.tensor([[0.3, 0.1], [0.2, 0.4]])
+    W, winners = s.weights(0, views_at([0.0, 0.5]), sims)
+    assert W[:, 0].tolist() == [float(expected[0]), float(expected[1])]
+    assert W.sum(1).tolist() == [1.0, 1.0]
+    assert len(winners) == 2
+
+
+def test_best_match_all_applies_every_prompt():
+    s = PromptSchedule(best_match={"prompts": "sword|cthulhu", "select": "all"})
+    W, winners = s.weights(0, views_at([0.0]), torch.tensor([[0.3, 0.1]]))
+    assert W.tolist() == [[1.0, 1.0]] and winners.tolist() == [0]
+
+
+def test_no_prompt_is_a_clear_error():
+    with pytest.raises(UserError, match="No prompt"):
+        PromptSchedule(text="")

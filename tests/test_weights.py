@@ -1,0 +1,286 @@
+"""The weights resolver (path → cache → download → error) and the safe checkpoint loader."""
+
+from __future__ import annotations
+
+import builtins
+import collections
+import hashlib
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+
+from genart import weights as W
+from genart.errors import UserError
+from genart.generators.vqgan import VQGANGenerator
+
+HEIBOX = (
+    "https://heibox.uni-heidelberg.de/d/a7530b09fed84f80a887/files/?p=%2Fckpts%2Flast.ckpt&dl=1"
+)
+VQGAN_SPEC = {
+    "path": None,
+    "url": HEIBOX,
+    "filename": "vqgan_imagenet_f16_16384.ckpt",
+    "size_mb": 980,
+}
+HF_SPEC = {"path": None, "hf_repo": "org/model", "filename": "model.bin"}
+TINY = dict(
+    size=[32, 32],
+    n_embed=8,
+    embed_dim=4,
+    ddconfig=dict(
+        double_z=False,
+        z_channels=4,
+        resolution=32,
+        in_channels=3,
+        out_ch=3,
+        ch=32,
+        ch_mult=[1, 2],
+        num_res_blocks=1,
+        attn_resolutions=[],
+        dropout=0.0,
+    ),
+)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty genart cache and HF hub cache; no offline flags set."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("GENART_CACHE", str(tmp_path / "genart"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    for name in W.OFFLINE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path / "genart"
+
+
+def no_network(*args, **kwargs):
+    raise AssertionError("the resolver must not touch the network here")
+
+
+# ---------------------------------------------------------------- resolve
+
+
+@pytest.mark.parametrize("flag", W.OFFLINE_ENV)
+def test_offline_names_key_url_and_size(cache, monkeypatch, flag):
+    monkeypatch.setenv(flag, "1")
+    monkeypatch.setattr(W, "is_reachable", no_network)
+    with pytest.raises(W.WeightsNotFound) as err:
+        W.resolve_weights(VQGAN_SPEC, "generator.weights")
+    message = str(err.value)
+    assert "\n" not in message
+    assert HEIBOX in message and "980 MB" in message and flag in message
+    assert "python -m genart generator.weights.path=/path/to/file" in message
+    assert isinstance(err.value, UserError)
+
+
+def test_offline_hf_names_repo_and_file(cache, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(W, "is_reachable", no_network)
+    with pytest.raises(W.WeightsNotFound, match="repo org/model, file model.bin"):
+        W.resolve_weights(HF_SPEC, "guide.models.vitb32.weights.path")
+
+
+def test_unreachable_host_is_offline(cache, monkeypatch):
+    monkeypatch.setattr(W, "is_reachable", lambda host, port: False)
+    monkeypatch.setattr(W, "download", no_network)
+    with pytest.raises(W.WeightsNotFound, match="heibox.uni-heidelberg.de:443 is unreachable"):
+        W.resolve_weights(VQGAN_SPEC, "generator.weights")
+
+
+def test_explicit_path_wins(cache, tmp_path):
+    (cache / "vqgan_imagenet_f16_16384.ckpt").parent.mkdir(parents=True)
+    (cache / "vqgan_imagenet_f16_16384.ckpt").write_bytes(b"cached")
+    mine = tmp_path / "mine.ckpt"
+    mine.write_bytes(b"mine")
+    assert W.resolve_weights({**VQGAN_SPEC, "path": str(mine)}, "generator.weights") == mine
+
+
+def test_missing_explicit_path_is_named(cache, monkeypatch):
+    monkeypatch.setattr(W, "is_reachable", no_network)
+    with pytest.raises(W.WeightsNotFound, match=r"generator\.weights\.path=/no/such\.ckpt"):
+        W.resolve_weights({**VQGAN_SPEC, "path": "/no/such.ckpt"}, "generator.weights")
+
+
+def test_cache_hit(cache, monkeypatch):
+    monkeypatch.setattr(W, "is_reachable", no_network)
+    cache.mkdir(parents=True)
+    (cache / "vqgan_imagenet_f16_16384.ckpt").write_bytes(b"x")
+    found = W.resolve_weights(VQGAN_SPEC, "generator.weights")
+    assert found == cache / "vqgan_imagenet_f16_16384.ckpt"
+
+
+def test_hf_cache_hit(cache, tmp_path, monkeypatch):
+    monkeypatch.setattr(W, "is_reachable", no_network)
+    repo = tmp_path / "hf" / "models--org--model"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "model.bin").write_bytes(b"x")
+    assert W.resolve_weights(HF_SPEC, "g.weights") == repo / "snapshots" / "abc123" / "model.bin"
+
+
+def test_cache_name_from_share_link():
+    assert W.cache_name({"url": HEIBOX}) == "last.ckpt"
+    assert W.cache_name({"url": "https://example.org/a/b/model.pt?x=1"}) == "model.pt"
+    assert W.cache_name(VQGAN_SPEC) == "vqgan_imagenet_f16_16384.ckpt"
+
+
+@pytest.mark.parametrize("good_hash", [True, False])
+def test_download_is_checked_and_atomic(cache, tmp_path, monkeypatch, good_hash):
+    source = tmp_path / "remote.bin"
+    source.write_bytes(b"weights" * 1000)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest() if good_hash else "0" * 64
+    spec = {"path": None, "url": source.as_uri(), "filename": "w.bin", "sha256": digest}
+    monkeypatch.setattr(W, "is_reachable", lambda host, port: True)
+    if good_hash:
+        assert W.resolve_weights(spec, "g.weights").read_bytes() == source.read_bytes()
+    else:
+        with pytest.raises(W.WeightsNotFound, match="sha256 mismatch"):
+            W.resolve_weights(spec, "g.weights")
+    assert not list(cache.glob("*.part"))
+
+
+def test_import_does_not_load_torch():
+    code = "import sys, genart.weights; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------- walk a config
+
+
+def test_find_weights_nodes():
+    cfg = {
+        "generator": {"weights": {"path": None, "url": "u"}},
+        "guide": {"models": {"a": {"weights": {"hf_repo": "r"}}, "b": {"weights": None}}},
+        "extra": [{"weights": {"path": "p"}}],
+        "weights_note": {"weights": "not a dict"},
+    }
+    found = dict(W.find_weights_nodes(cfg))
+    assert found == {
+        "generator.weights": {"path": None, "url": "u"},
+        "guide.models.a.weights": {"hf_repo": "r"},
+        "extra.0.weights": {"path": "p"},
+    }
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def fake_lightning(mp: pytest.MonkeyPatch) -> type:
+    """A ModelCheckpoint class pickled under Lightning's real module path (test-local modules)."""
+    for name in ("pytorch_lightning", "pytorch_lightning.callbacks"):
+        mp.setitem(sys.modules, name, types.ModuleType(name))
+    module = types.ModuleType("pytorch_lightning.callbacks.model_checkpoint")
+    cls = type("ModelCheckpoint", (), {"__module__": module.__name__})
+    module.ModelCheckpoint = cls
+    mp.setitem(sys.modules, module.__name__, module)
+    return cls
+
+
+def adam_state(*shapes: tuple[int, ...]) -> dict:
+    """An optimizer state_dict as torch 1.7 wrote it (int steps)."""
+    state = {
+        i: {"step": 1000, "exp_avg": torch.randn(s), "exp_avg_sq": torch.rand(s)}
+        for i, s in enumerate(shapes)
+    }
+    group = {"lr": 4.5e-6, "betas": (0.5, 0.9), "eps": 1e-8, "weight_decay": 0, "amsgrad": False}
+    return {"state": state, "param_groups": [{**group, "params": list(state)}]}
+
+
+def write_lightning_ckpt(path, state_dict) -> None:
+    """Write a checkpoint in the on-disk layout of pytorch-lightning ~1.0 (taming's last.ckpt)."""
+    with pytest.MonkeyPatch.context() as mp:
+        model_checkpoint = fake_lightning(mp)
+        callback_state = {"best_model_score": torch.tensor(0.21), "best_model_path": "/x/e.ckpt"}
+        checkpoint = {
+            "epoch": 12,
+            "global_step": 361000,
+            "pytorch-lightning_version": "1.0.8",
+            "callbacks": {model_checkpoint: callback_state},
+            "optimizer_states": [adam_state((4, 3)), adam_state((2,))],
+            "lr_schedulers": [],
+            "state_dict": state_dict,
+        }
+        torch.save(checkpoint, path)
+
+
+def tiny_state_with_loss(seed: int) -> collections.OrderedDict:
+    """A tiny VQGAN's state_dict plus discriminator/LPIPS keys, as VQModel saves it."""
+    state = VQGANGenerator(**TINY, init_seed=seed).model.state_dict()
+    state["loss.discriminator.main.0.weight"] = torch.randn(8, 3, 4, 4)
+    state["loss.perceptual_loss.net.slice1.0.bias"] = torch.randn(8)
+    return state
+
+
+def test_lightning_checkpoint_loads_into_vqgan(tmp_path):
+    path = tmp_path / "last.ckpt"
+    state = tiny_state_with_loss(seed=7)
+    write_lightning_ckpt(path, state)
+    assert "pytorch_lightning.callbacks.model_checkpoint" in path.read_bytes().decode("latin-1")
+
+    checkpoint = W.load_checkpoint(path)
+    assert checkpoint["epoch"] == 12 and checkpoint["lr_schedulers"] == []
+    (callback,) = checkpoint["callbacks"]
+    assert callback is W.LightningModelCheckpoint
+    assert float(checkpoint["callbacks"][callback]["best_model_score"]) == pytest.approx(0.21)
+
+    gen = VQGANGenerator(**TINY, weights={"path": str(path)}, init_seed=0)
+    for key, value in gen.model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    assert not any(p.requires_grad for p in gen.model.parameters())
+
+
+def test_checkpoint_for_another_config_is_a_user_error(tmp_path):
+    path = tmp_path / "last.ckpt"
+    write_lightning_ckpt(path, tiny_state_with_loss(seed=0))
+    with pytest.raises(UserError, match="shape mismatches, e.g. quantize.embedding.weight"):
+        VQGANGenerator(**{**TINY, "n_embed": 16}, weights={"path": str(path)})
+
+
+class Exploit:
+    """Unpickling this runs `call(arg)`."""
+
+    def __init__(self, call, arg):
+        self.call, self.arg = call, arg
+
+    def __reduce__(self):
+        return self.call, (self.arg,)
+
+
+@pytest.mark.parametrize("call", [os.system, builtins.exec])
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path, call):
+    marker = tmp_path / "pwned"
+    command = f"touch {marker}" if call is os.system else f"open({str(marker)!r}, 'w')"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "callbacks": Exploit(call, command)}, path)
+    with pytest.raises(UserError, match=r"refuses to unpickle arbitrary code") as err:
+        W.load_checkpoint(path)
+    assert call.__name__ in str(err.value) and str(path) in str(err.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (b"<!DOCTYPE html><html><body>Not found</body></html>", "HTML"),
+        (b"", "empty"),
+        (bytes(range(256)) * 16, "not a PyTorch checkpoint"),
+    ],
+)
+def test_not_a_checkpoint(tmp_path, content, why):
+    path = tmp_path / "last.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=why):
+        W.load_checkpoint(path)
+
+
+def test_checkpoint_must_be_a_dict(tmp_path):
+    path = tmp_path / "t.pt"
+    torch.save(torch.zeros(3), path)
+    with pytest.raises(UserError, match="holds a Tensor"):
+        W.load_checkpoint(path)
