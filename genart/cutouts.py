@@ -11,7 +11,7 @@ samples from it too), so a seeded run sees the same views.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor, nn
@@ -44,13 +44,12 @@ class Views:
     @staticmethod
     def cat(*views: Views) -> Views:
         """Concatenates batches of views; partner indices move with their views."""
-        starts = [0, *torch.tensor([len(v) for v in views]).cumsum(0).tolist()]
-        pairs = [
-            v.pair.where(v.pair < 0, v.pair + s) for v, s in zip(views, starts[:-1], strict=True)
-        ]
-        columns = [torch.cat(c) for c in zip(*(v.tensors() for v in views), strict=True)]
-        columns[3] = torch.cat(pairs)
-        return Views(*columns)
+        offset, pairs = 0, []
+        for v in views:
+            pairs.append(v.pair.where(v.pair < 0, v.pair + offset))  # -1 stays -1
+            offset += len(v)
+        joined = Views(*(torch.cat(c) for c in zip(*(v.tensors() for v in views), strict=True)))
+        return replace(joined, pair=torch.cat(pairs))
 
 
 def empty_views(size: int, like: Tensor) -> Views:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,18 @@ def _pretrained_overrides(arch: str, tag: str | None) -> dict[str, Any]:
     }
 
 
+@contextmanager
+def _quiet_root_log():
+    """open_clip narrates every build on the root logger (and warns on intended random init)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 class CLIPModel(nn.Module):
     """One frozen open_clip model; gradients flow to the pixels, never to its weights."""
 
@@ -95,7 +109,7 @@ class CLIPModel(nn.Module):
             register_arch(arch, model_config)
         path = _weights_path(weights, arch)
         kwargs = _pretrained_overrides(arch, tag)
-        with torch.random.fork_rng(devices=[], enabled=init_seed is not None):
+        with torch.random.fork_rng(devices=[], enabled=init_seed is not None), _quiet_root_log():
             if init_seed is not None:
                 torch.manual_seed(init_seed)
             self.model = open_clip.create_model(

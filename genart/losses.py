@@ -71,7 +71,8 @@ class Loss(nn.Module):
         self.end = math.inf if end is None else end
 
     def active(self, step: int) -> bool:
-        return self.weight != 0 and self.start <= step < self.end
+        """Inside the step window (a weight-0 term is still measured for the logs)."""
+        return self.start <= step < self.end
 
 
 class PromptLoss(Loss):

@@ -230,17 +230,22 @@ class PromptSchedule:
         return torch.where(views.composition, ones, self.size_weighting(views.sizes))
 
     def selection(self, sims: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """sel (N, P) and the winning prompt index per view (or None without a best-match group)."""
+        """sel (N, P), and per view the prompt it matched best (or worst) among the contenders.
+
+        Contenders are the best-match group when there is one (only the winner is applied unless
+        select=all); otherwise every positive prompt, which is only counted, never selected.
+        """
         n = 1 if sims is None else sims.shape[0]
         sel = torch.ones(n, len(self.prompts), device=None if sims is None else sims.device)
         group = [k for k, p in enumerate(self.prompts) if p.group == "best_match"]
-        if not group or sims is None:
+        contenders = group or [k for k, p in enumerate(self.prompts) if p.weight > 0 and p.on != "composition"]
+        if sims is None or not contenders:
             return sel, None
-        scores = sims[:, group]
-        pick = scores.argmin(1) if self.select == "worst" else scores.argmax(1)  # (N,)
-        if self.select != "all":
+        scores = sims[:, contenders]
+        pick = scores.argmin(1) if self.select == "worst" and group else scores.argmax(1)  # (N,)
+        if group and self.select != "all":
             sel[:, group] = torch.nn.functional.one_hot(pick, len(group)).to(sel)
-        return sel, torch.tensor(group, device=sel.device)[pick]
+        return sel, torch.tensor(contenders, device=sel.device)[pick]
 
     def weights(self, step: int, views, sims: torch.Tensor | None = None):
         """W (N, P) = time · pos · size · sel · w, and the best-match winners per view."""
@@ -251,5 +256,7 @@ class PromptSchedule:
         return W, winners
 
     @property
-    def needs_sims(self) -> bool:
-        return any(p.group for p in self.prompts)
+    def grouped(self) -> list[int]:
+        """Indices of the best-match group, or of every counted prompt when there is no group."""
+        group = [k for k, p in enumerate(self.prompts) if p.group == "best_match"]
+        return group or [k for k, p in enumerate(self.prompts) if p.weight > 0 and p.on != "composition"]

@@ -162,15 +162,16 @@ def guided_step(run: Run, step: int, targets: list, init: dict):
         views = run.cutouts(image, step)
         image_embeds = run.guide.encode_image(views.pixels)
     image_embeds = [e.float() for e in image_embeds]
-    sims = mean_similarity(run, image_embeds, targets) if run.schedule.needs_sims else None
+    sims = mean_similarity(run, image_embeds, targets)  # (N, P) for best-match and its stats
     W, winners = run.schedule.weights(step, views, sims)
     ctx = LossContext(
         step=step, image=image, views=views, image_embeds=image_embeds, text_embeds=targets,
         model_weights=run.guide.weights, W=W, stops=run.schedule.stops(W.device),
         anchor_mix=run.schedule.anchor_mix(views), latent=run.generator.latent(), **init,
     )
-    terms = {name: loss.weight * loss(ctx) for name, loss in run.losses.items() if loss.active(step)}
-    total = sum(terms.values()) if terms else image.new_zeros(())
+    terms = {name: evaluate(loss, ctx) for name, loss in run.losses.items() if loss.active(step)}
+    total = sum(run.losses[name].weight * value for name, value in terms.items())
+    total = total if torch.is_tensor(total) else image.new_zeros(())
     run.optimizer.zero_grad(set_to_none=True)
     if total.requires_grad:
         total.backward()
@@ -178,6 +179,16 @@ def guided_step(run: Run, step: int, targets: list, init: dict):
     with torch.no_grad():
         run.generator.post_step()
     return {"terms": terms, "total": total, "views": views, "W": W, "winners": winners, "sims": sims}
+
+
+def evaluate(loss, ctx):
+    """A term's raw value; a weight-0 term is still measured (for the logs) but builds no graph."""
+    import torch
+
+    if loss.weight != 0:
+        return loss(ctx)
+    with torch.no_grad():
+        return loss(ctx)
 
 
 def mean_similarity(run: Run, image_embeds: list, targets: list):

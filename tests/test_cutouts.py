@@ -107,7 +107,7 @@ def test_prefilter_removes_the_box_filter_ripple_at_odd_shrink():
     bare = roi_align(stripes, [box], (32, 32), 1.0, -1, True)  # a 3-px box: 2/3 or 1/3 per pixel
     assert bare.std() > 0.1
     assert resample_crops(stripes, box, 32).std() < 1e-3
-    assert blur_binomial(stripes)[..., 1:-1, 1:-1].std() < 1e-6  # [1, 2, 1] nulls Nyquist
+    assert blur_binomial(stripes).std() < 1e-6  # [1, 2, 1] nulls Nyquist, edges included
 
 
 def test_resampling_backward_is_deterministic_and_reaches_every_pixel():
@@ -141,13 +141,14 @@ def test_views_are_real_crops_at_their_stated_geometry():
     assert ((views.centres >= -1) & (views.centres <= 1)).all()
     assert ((views.sizes > 0) & (views.sizes <= 1)).all()
     grid = (torch.arange(size) + 0.5) / size - 0.5  # (S,) output pixel centres, in crop sides
+    half_px = 0.5 / width, 0.5 / height  # the prefilter's reflected edge moves edge rows a little
     for pixels, (cx, cy), s in zip(views.pixels, views.centres, views.sizes, strict=True):
         side = s * min(height, width)
         expect_x = ((cx + 1) * width / 2 + grid * side) / width  # R = x at each view column
         expect_y = ((cy + 1) * height / 2 + grid * side) / height  # G = y at each view row
-        torch.testing.assert_close(pixels[0], expect_x.expand(size, size), atol=2e-3, rtol=0)
+        torch.testing.assert_close(pixels[0], expect_x.expand(size, size), atol=half_px[0], rtol=0)
         torch.testing.assert_close(
-            pixels[1], expect_y[:, None].expand(size, size), atol=2e-3, rtol=0
+            pixels[1], expect_y[:, None].expand(size, size), atol=half_px[1], rtol=0
         )
 
 

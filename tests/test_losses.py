@@ -127,4 +127,3 @@ def test_init_image_pull_decays():
 def test_loss_windows():
     loss = SemanticSymmetryLoss(weight=0.1, start=5, end=10)
     assert [loss.active(s) for s in (4, 5, 9, 10)] == [False, True, True, False]
-    assert not PromptLoss(weight=0).active(0)

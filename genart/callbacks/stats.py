@@ -22,7 +22,7 @@ class StatsCallback(Callback):
         self.dir = Path(run.run_dir) / "stats"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.texts = run.schedule.texts
-        self.grouped = [k for k, p in enumerate(run.schedule.prompts) if p.group]
+        self.grouped = run.schedule.grouped
         self.select = run.schedule.select
         self.wins: list[tuple[int, torch.Tensor]] = []  # (step, (P,) views won) not yet written
         self.best_views: list[tuple[int, torch.Tensor]] = []  # select=all: best view per prompt

@@ -1,0 +1,43 @@
+"""Shared test helpers: compose the real configs in-process, run tiny models, never touch the net."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GENART_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["generator=vqgan_tiny", "guide=clip_tiny", "logger=none"]
+
+
+def compose(overrides: list[str]):
+    """The job config exactly as `python -m genart <overrides>` composes it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+def run_tiny(run_dir: Path, overrides: list[str] = (), resume: bool = False) -> float:
+    """Render in-process with the tiny models into run_dir; returns the score."""
+    from genart.run import run
+
+    cfg = compose([*TINY, "size=[64,64]", *overrides])
+    return run(cfg, run_dir, {"overrides": list(overrides)}, resume=resume)
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    def _run(overrides=(), name="run", resume=False):
+        return run_tiny(tmp_path / name, list(overrides), resume)
+
+    return _run
