@@ -40,6 +40,7 @@ def run_job(cfg: DictConfig) -> float:
 
     meta = job_meta()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    one_thread_per_job(cfg)
     try:
         if cfg.get("resume"):
             cfg, run_dir = prepare_resume(cfg, meta["overrides"])
@@ -59,6 +60,19 @@ def run_job(cfg: DictConfig) -> float:
             raise
         print(f"genart: {user_error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def one_thread_per_job(cfg: DictConfig) -> None:
+    """Parallel launchers (joblib, Ray) run several jobs per machine: one torch thread each.
+
+    The count is part of the run's record (result.json), so a preset saved from such a job
+    restores it and a lone run reproduces the job's pixels.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    launcher = str(HydraConfig.get().launcher.get("_target_", "")).lower()
+    if cfg.get("threads") is None and ("joblib" in launcher or "ray" in launcher):
+        cfg.threads = 1
 
 
 def as_user_error(err: BaseException) -> UserError | None:

@@ -1,17 +1,14 @@
-"""Where presets live, and `python -m genart.presets save|list`: freeze a finished run as a preset.
+"""`python -m genart.presets save|list`: freeze a finished run as a preset; list the presets.
 
-A saved preset holds the run's whole composed config (not just its overrides), so later changes to
-the defaults cannot change its image. Its defaults list selects the run's config-group options
-first, so composition starts from the same group files; keys the run had deleted are set to null.
-Interpolations are kept as written: `${size}` points at the frozen `size`, while `${hydra:...}` and
-`${oc.env:...}` resolve in the new run.
+A saved preset holds the run's whole composed config, not just its overrides, so later changes to
+the defaults cannot change its image. Its defaults list first selects the run's group options (the
+same group files), keys the run deleted are set to null, and interpolations stay as written.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import os
 import re
@@ -25,24 +22,11 @@ from omegaconf import OmegaConf
 
 import genart
 from genart.errors import UserError
-from genart.safety import OVERRIDE, PRESET_GROUP, check_presets, override_tokens, read_main_config
+from genart.safety import PRESET_GROUP, check_presets, searchpath_dir
 
 EXCLUDED = ("resume", "hydra", "security")  # per machine or per run, never part of the image
 # Sub-folders allowed (doorways/left); no dots, so no `..`, no hidden files, no `.yaml` doubled.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*(/[A-Za-z0-9_][A-Za-z0-9_-]*)*$")
-_VALUE_FLAGS = {"-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn", "--config-name"}
-_VALUE_FLAGS |= {"--experimental-rerun", "-i", "--info", "-cd", "--config-dir"}
-
-
-def user_preset_dirs() -> list[Path]:
-    """Search dirs named by GENART_PRESETS_DIR (os.pathsep-separated); each holds preset/NAME.yaml."""
-    raw = os.environ.get("GENART_PRESETS_DIR", "")
-    return [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
-
-
-def searchpath_entries() -> list[str]:
-    """The user preset dirs as `hydra.searchpath` entries (`file:///abs/dir`)."""
-    return [d.as_uri() for d in user_preset_dirs()]
 
 
 def conf_dir() -> Path:
@@ -52,40 +36,10 @@ def conf_dir() -> Path:
     return Path(conf.__file__).parent
 
 
-def check_command_line(argv: list[str]) -> None:
-    """Run `check_presets` on what `python -m genart ARGV` would load; raises UserError."""
-    overrides, dirs, args = [], [], iter(argv)
-    for arg in args:
-        flag, _, inline = arg.partition("=")
-        if flag in _VALUE_FLAGS:  # a flag and its value: skip both, keep a --config-dir
-            value = inline or next(args, "")
-            if flag in ("-cd", "--config-dir"):
-                dirs.append(Path(value).expanduser().resolve())
-        elif not arg.startswith("-") and "=" in arg:
-            overrides.append(arg)
-    dirs += [conf_dir(), *user_preset_dirs(), *_searchpath_dirs(overrides)]
-    check_presets(overrides, dirs)
-
-
-def _searchpath_dirs(overrides: list[str]) -> list[Path]:
-    entries = (read_main_config().get("hydra") or {}).get("searchpath") or []
-    for m in filter(None, map(OVERRIDE.match, overrides)):
-        entries += override_tokens(m[4]) if m[2] == "hydra.searchpath" else []
-    return [d for e in entries if "${" not in str(e) and (d := _uri_dir(str(e)))]
-
-
-def _uri_dir(entry: str) -> Path | None:
-    scheme, sep, rest = entry.partition("://")
-    if scheme == "pkg" and sep:
-        spec = importlib.util.find_spec(os.path.normpath(rest).replace("/", "."))
-        return Path(next(iter(spec.submodule_search_locations))) if spec else None
-    return Path(rest if sep else entry).expanduser().resolve()
-
-
-def preset_dirs(extra: list[Path] = ()) -> list[Path]:
-    """Folders holding preset YAML files: conf/preset, each user dir's preset/, then `extra`."""
-    found = [conf_dir() / PRESET_GROUP, *(d / PRESET_GROUP for d in user_preset_dirs()), *extra]
-    return [d for d in dict.fromkeys(found) if d.is_dir()]
+def user_preset_dirs() -> list[Path]:
+    """Dirs named by GENART_PRESETS_DIR (os.pathsep-separated); each holds preset/NAME.yaml."""
+    raw = os.environ.get("GENART_PRESETS_DIR", "")
+    return [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
 
 
 def describe(path: Path) -> str:
@@ -98,8 +52,9 @@ def describe(path: Path) -> str:
 
 
 def list_presets(extra: list[Path] = ()) -> list[tuple[Path, str, str]]:
-    """(folder, name, description) of every preset, folder by folder."""
-    files = [(d, p) for d in preset_dirs(extra) for p in sorted(d.rglob("*.yaml"))]
+    """(folder, name, description) of every preset in conf/preset, the user dirs and `extra`."""
+    dirs = [conf_dir() / PRESET_GROUP, *(d / PRESET_GROUP for d in user_preset_dirs()), *extra]
+    files = [(d, p) for d in dict.fromkeys(dirs) for p in sorted(d.rglob("*.yaml"))]
     return [(d, p.relative_to(d).with_suffix("").as_posix(), describe(p)) for d, p in files]
 
 
@@ -112,8 +67,8 @@ def save_preset(
     description: str | None = None,
 ) -> Path:
     """Write `out_dir/NAME.yaml` (default conf/preset) that reproduces the run in `run_dir`."""
-    name = _safe_name(name)
-    out = (out_dir or conf_dir() / PRESET_GROUP) / f"{name}.yaml"
+    name, root = _safe_name(name), Path(out_dir or conf_dir() / PRESET_GROUP)
+    out = root / f"{name}.yaml"
     if out.exists() and not force:
         raise UserError(f"{out} already exists. Pick another --name, or pass --force to replace.")
     run_cfg, hydra_cfg = _load_run(run_dir)
@@ -121,23 +76,18 @@ def save_preset(
     choices = _group_choices(hydra_cfg)
     try:
         defaults = _defaults_list(hydra_cfg, choices)
-        stale = _stale_keys(hydra_cfg, _render([], defaults, values), values)
-    except Exception as e:  # composing needs the run's config dir; the values still hold
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(
-            f"warning: could not compose the run's configs ({first}); wrote the "
-            f"defaults list from the command line and left stale keys unchecked.",
-            file=sys.stderr,
-        )
-        defaults, stale = _defaults_from_overrides(hydra_cfg, choices), []
-    for key in stale:
-        _set_null(values, key)
-    notes = _provenance(run_dir, values, stale)
-    text = " ".join((description or _summary(run_dir, choices)).split())
-    notes.append(f"description: {text}")
+        stale = _null_stale_keys(hydra_cfg, defaults, values)
+    except Exception as e:  # hydra raises several types; all mean the same to the user here
+        raise UserError(
+            f"Cannot save {run_dir}: its configs no longer compose ({str(e).strip() or e!r}). "
+            f"A preset selects the run's config-group options ({_summary(run_dir, choices)}), so "
+            f"each must still exist in the run's config dir and search path."
+        ) from None
+    text = " ".join((description or _summary(run_dir, choices)).split())  # one line
+    notes = [*_provenance(run_dir, values, stale), f"description: {text}"]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(_render(notes, defaults, values))
-    _warn_if_refused(out, name)
+    _warn_if_refused(root, name)
     return out
 
 
@@ -153,15 +103,13 @@ def _safe_name(name: str) -> str:
 
 def _load_run(run_dir: Path) -> tuple[Any, Any]:
     hydra_dir = Path(run_dir) / ".hydra"
-    if not (hydra_dir / "config.yaml").is_file():
+    if not all((hydra_dir / f).is_file() for f in ("config.yaml", "hydra.yaml")):
         raise UserError(
-            f"{run_dir} is not a finished genart run: {hydra_dir / 'config.yaml'} is missing. "
+            f"{run_dir} is not a genart run: {hydra_dir}/config.yaml or hydra.yaml is missing. "
             f"Pass a run's output directory (e.g. outputs/2024-05-01/12-00-00, or one job of a "
             f"sweep, outputs/multirun/<date>/<time>/0); Hydra writes .hydra/ there at start."
         )
-    hydra_yaml = hydra_dir / "hydra.yaml"
-    hydra_cfg = OmegaConf.load(hydra_yaml).hydra if hydra_yaml.is_file() else OmegaConf.create()
-    return OmegaConf.load(hydra_dir / "config.yaml"), hydra_cfg
+    return OmegaConf.load(hydra_dir / "config.yaml"), OmegaConf.load(hydra_dir / "hydra.yaml").hydra
 
 
 def _group_choices(hydra_cfg: Any) -> list[tuple[str, Any]]:
@@ -169,14 +117,6 @@ def _group_choices(hydra_cfg: Any) -> list[tuple[str, Any]]:
     choices = OmegaConf.to_container(OmegaConf.select(hydra_cfg, "runtime.choices") or {})
     keep = lambda k: k.partition("@")[0].split("/")[0] not in ("hydra", PRESET_GROUP)
     return [(k, v) for k, v in choices.items() if keep(k)]
-
-
-def _defaults_from_overrides(hydra_cfg: Any, choices: list[tuple[str, Any]]) -> list[str]:
-    """Fallback: a group the command line appended (`+g=x`) is added, any other overridden."""
-    task = OmegaConf.select(hydra_cfg, "overrides.task") or []
-    added = {m[2] + (m[3] or "") for m in map(OVERRIDE.match, task) if m and m[1] == "+"}
-    adds = [f"/{k}: {_opt(v)}" for k, v in choices if k in added]
-    return adds + [f"override /{k}: {_opt(v)}" for k, v in choices if k not in added]
 
 
 def _opt(value: Any) -> str:
@@ -189,7 +129,7 @@ def _compose(hydra_cfg: Any, overrides: list[str], extra_dir: str | None = None)
 
     sources = OmegaConf.select(hydra_cfg, "runtime.config_sources") or []
     main = next(s for s in sources if s.provider == "main")
-    path = main.path if main.schema == "file" else _uri_dir(f"pkg://{main.path}")
+    path = main.path if main.schema == "file" else searchpath_dir(f"pkg://{main.path}")
     searchpath = [*_run_searchpath(hydra_cfg), *([extra_dir] if extra_dir else [])]
     overrides = overrides + [f"hydra.searchpath=[{','.join(map(repr, searchpath))}]"]
     with initialize_config_dir(str(path), version_base="1.3"):
@@ -217,31 +157,25 @@ def _defaults_list(hydra_cfg: Any, choices: list[tuple[str, Any]]) -> list[str]:
     return adds + [f"override /{k}: {_opt(v)}" for k, v in choices if k not in added]
 
 
-def _stale_keys(hydra_cfg: Any, text: str, values: dict) -> list[str]:
-    """Keys the preset would inherit from the defaults although the run had deleted them."""
+def _null_stale_keys(hydra_cfg: Any, defaults: list[str], values: dict) -> list[str]:
+    """Compose the preset: keys the run had deleted come back from the defaults; null them."""
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / PRESET_GROUP).mkdir()
-        (Path(tmp) / PRESET_GROUP / "_genart_probe.yaml").write_text(text)
+        (Path(tmp) / PRESET_GROUP / "_genart_probe.yaml").write_text(_render([], defaults, values))
         cfg = _compose(hydra_cfg, ["+preset=_genart_probe"], Path(tmp).as_uri())
-    composed = OmegaConf.to_container(cfg)
-    return [k for k in _extra_keys(composed, values) if k.split(".")[0] not in EXCLUDED]
+    return _null_extra(OmegaConf.to_container(cfg), values)
 
 
-def _extra_keys(composed: dict, run: dict, prefix: str = "") -> list[str]:
-    keys = []
+def _null_extra(composed: dict, values: dict, prefix: str = "") -> list[str]:
+    stale = []
     for k, v in composed.items():
-        if k not in run:
-            keys.append(f"{prefix}{k}")
-        elif isinstance(v, dict) and isinstance(run[k], dict):
-            keys += _extra_keys(v, run[k], f"{prefix}{k}.")
-    return keys
-
-
-def _set_null(values: dict, key: str) -> None:
-    *parents, last = key.split(".")
-    for p in parents:
-        values = values[p]
-    values[last] = None
+        if prefix or k not in EXCLUDED:
+            if k not in values:
+                values[k] = None
+                stale.append(f"{prefix}{k}")
+            elif isinstance(v, dict) and isinstance(values[k], dict):
+                stale += _null_extra(v, values[k], f"{prefix}{k}.")
+    return stale
 
 
 def _provenance(run_dir: Path, values: dict, stale: list[str]) -> list[str]:
@@ -264,10 +198,8 @@ def _provenance(run_dir: Path, values: dict, stale: list[str]) -> list[str]:
 def _git_commit() -> str:
     repo = Path(genart.__file__).parent.parent
     try:
-        commit = _git(repo, "rev-parse", "HEAD")
-        return commit + (
-            " (with uncommitted changes)" if _git(repo, "status", "--porcelain") else ""
-        )
+        dirty = " (with uncommitted changes)" if _git(repo, "status", "--porcelain") else ""
+        return _git(repo, "rev-parse", "HEAD") + dirty
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -303,16 +235,13 @@ def _render(notes: list[str], defaults: list[str], values: dict) -> str:
     return "\n".join(lines) + OmegaConf.to_yaml(OmegaConf.create(values))
 
 
-def _warn_if_refused(out: Path, name: str) -> None:
+def _warn_if_refused(root: Path, name: str) -> None:
     """Others will run genart.safety on this file; say now if it would be refused."""
-    with tempfile.TemporaryDirectory() as tmp:
-        copy = Path(tmp) / PRESET_GROUP / f"{name}.yaml"
-        copy.parent.mkdir(parents=True)
-        copy.write_text(out.read_text())
-        try:
-            check_presets([f"+preset={name}"], [Path(tmp), conf_dir(), *user_preset_dirs()])
-        except UserError as e:
-            print(f"warning: others will need to allow this preset: {e}", file=sys.stderr)
+    try:
+        if root.resolve().name == PRESET_GROUP:
+            check_presets([f"+preset={name}"], [root.resolve().parent, conf_dir()])
+    except UserError as e:
+        print(f"warning: others will need to allow this preset: {e}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -333,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             out = save_preset(
                 args.run_dir, args.name, args.dir, force=args.force, description=args.description
             )
-            print(f"saved {out}\nrun it with: python -m genart +preset={_safe_name(args.name)}")
+            root = args.dir or conf_dir() / PRESET_GROUP
+            print(f"saved {out}\n{_usage(root, _safe_name(args.name))}")
         else:
             _print_list(args.dir)
     except SystemExit as e:  # argparse: usage errors exit 2, --help exits 0
@@ -342,6 +272,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _usage(root: Path, name: str) -> str:
+    root = root.resolve()
+    if root.name != PRESET_GROUP:
+        return f"to use it, move it to DIR/preset/{name}.yaml and set GENART_PRESETS_DIR=DIR"
+    env = "" if root.parent == conf_dir() else f"GENART_PRESETS_DIR={root.parent} "
+    return f"run it with: {env}python -m genart +preset={name}"
 
 
 def _print_list(extra: list[Path]) -> None:
@@ -355,7 +293,7 @@ def _print_list(extra: list[Path]) -> None:
         for name, text in ((n, t) for d, n, t in rows if d == folder):
             print(f"  {name.ljust(width)}  — {text or '(no description)'}")
     if not rows:
-        print("no presets found in " + ", ".join(map(str, preset_dirs(extra))))
+        print("no presets found (conf/preset, GENART_PRESETS_DIR/preset, --dir)")
 
 
 if __name__ == "__main__":

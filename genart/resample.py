@@ -5,14 +5,16 @@ Why `torchvision.ops.roi_align` plus a per-crop 3-tap prefilter:
 * `roi_align(..., sampling_ratio=-1, aligned=True)` averages ceil(shrink)² bilinear samples per
   output pixel, i.e. a box filter whose width follows each crop's own shrink factor, for crops of
   any sizes in one batched call; its CPU backward is deterministic (tests check it) and it costs
-  O(N·S²·shrink²), not O(N·S·H·W) like dense per-crop resampling matrices (measured 2-10x slower
-  here).
-* A box filter alone leaks at the pixel Nyquist frequency when the shrink is an odd integer: a
-  3-px box over 1-px stripes averages 2/3 or 1/3 (±17 % ripple; ±5.6 % on a checkerboard). So
-  each crop is also taken from a [1, 2, 1]/4-blurred copy (zero gain at Nyquist) and the two are
-  blended by α = clamp(shrink − 1, 0, 1): the filter is box(shrink) ∗ [α/4, 1 − α/2, α/4], exact
-  (α = 0) for crops at the output size, fully prefiltered from a 2x shrink on. Ripple drops to
-  ≤ 2 % for shrink ≥ 1.5, at about 1.3-2x the cost of `roi_align` alone.
+  O(N·S²·shrink²), not O(N·S·H·W) like dense per-crop triangle-filter matrices (PIL quality, but
+  measured 2-10x slower here at 256²-1024², backward included).
+* A box filter alone leaks at the pixel Nyquist frequency whenever the shrink is an odd integer:
+  a 3-px box over 1-px stripes averages 2/3 or 1/3 (±17 % ripple; ±5.6 % on a checkerboard),
+  at every odd shrink. So each crop is also taken from a [1, 2, 1]/4-blurred copy (zero gain at
+  Nyquist) and the two are blended by α = clamp(shrink − 1, 0, 1): the filter is
+  box(shrink) ∗ [α/4, 1 − α/2, α/4], an exact copy for crops at the output size (α = 0), fully
+  prefiltered from a 2x shrink on, where 1-px patterns vanish exactly (at 1.5x the stripes'
+  std is 0.06 against the bare box's 0.17). It costs about twice `roi_align` alone: 32 views of
+  224² from a 256² image take ~0.15 s forward + ~0.5 s backward on 2 CPU threads.
 
 Coordinates are pixel edges: pixel i spans [i, i + 1), the whole image is the box (0, 0, W, H).
 """

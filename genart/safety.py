@@ -33,16 +33,24 @@ _DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 def check_presets(
     overrides: list[str], search_dirs: list[Path], *, main_config: Path | None = None
 ) -> None:
-    """Scan every preset the overrides select, and every file their defaults lists pull in."""
+    """Scan every preset the overrides select, and every file their defaults lists pull in.
+
+    `overrides` may be the whole command line: flags are skipped, and the dirs of `--config-dir`,
+    `hydra.searchpath=[...]` and the main config's `hydra.searchpath` join `search_dirs`.
+    """
     allow = allowed_prefixes(main_config)
-    choices = _preset_choices(overrides, search_dirs)
-    todo = [(group, p) for group, opt in choices for p in _locate_required(group, opt, search_dirs)]
+    dirs = [*search_dirs, *_extra_dirs(overrides, main_config)]
+    todo = [
+        (g, p)
+        for g, opt in _preset_choices(overrides, dirs)
+        for p in _locate_required(g, opt, dirs)
+    ]
     seen: set[Path] = set()
     while todo:
         group, path = todo.pop()
         if path.resolve() not in seen:
             seen.add(path.resolve())
-            todo += _scan_file(path, group, search_dirs, allow)
+            todo += _scan_file(path, group, dirs, allow)
 
 
 def allowed_prefixes(main_config: Path | None = None) -> tuple[str, ...]:
@@ -76,6 +84,26 @@ def override_tokens(value: str) -> list[str]:
     value = re.sub(r"\w+\s*=\s*", " ", value)  # keyword arguments: keep their values (over-scan)
     value = re.sub(r"\b\w+\(", " ", value)  # choice( glob( sort( shuffle(
     return [t for t in re.split(r"[\s,()\[\]'\"]+", value) if t and t != "null"]
+
+
+def searchpath_dir(entry: str) -> Path | None:
+    """The directory of a Hydra search path entry: `file:///abs/dir`, `pkg://module`, or a path."""
+    scheme, sep, rest = entry.partition("://")
+    if scheme == "pkg" and sep:
+        spec = importlib.util.find_spec(os.path.normpath(rest).replace("/", "."))
+        return Path(next(iter(spec.submodule_search_locations))) if spec else None
+    return Path(rest if sep else entry).expanduser().resolve()
+
+
+def _extra_dirs(argv: list[str], main_config: Path | None) -> list[Path]:
+    entries = (read_main_config(main_config).get("hydra") or {}).get("searchpath") or []
+    for flag, value in zip(argv, [*argv[1:], ""], strict=True):
+        m = OVERRIDE.match(flag)
+        if flag in ("-cd", "--config-dir") or (m and m[2] == "--config-dir"):
+            entries.append(value if flag in ("-cd", "--config-dir") else m[4])
+        elif m and m[2] == "hydra.searchpath":
+            entries += override_tokens(m[4])
+    return [d for e in map(str, entries) if "${" not in e and (d := searchpath_dir(e))]
 
 
 def _preset_choices(overrides: list[str], dirs: list[Path]) -> list[tuple[str, str]]:
@@ -120,7 +148,8 @@ def _scan_file(path: Path, group: str, dirs: list[Path], allow: tuple[str, ...])
     try:
         data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as e:
-        raise UserError(f"Refusing preset file {path}: it is not plain YAML ({e}).") from None
+        why = " ".join(str(e).split())
+        raise UserError(f"Refusing preset file {path}: it is not plain YAML ({why}).") from None
     header = re.search(r"^#\s*@package\s+(\S+)", text, re.M)
     if header and "hydra" in re.split(r"[./]", header[1]):
         raise _hydra_error(path, f"its `# @package {header[1]}` header")

@@ -46,6 +46,9 @@ class WandbCallback(Callback):
             row["image"] = self.wandb.Image(to_pil(state["image"]()), caption=f"step {state['step']}")
         self.run.log(row, step=state["step"])
 
+    def on_abort(self) -> None:
+        self.run.finish(exit_code=1)
+
     def on_end(self, state: dict) -> None:
         final, video = self.run_dir / "final.png", self.run_dir / "trajectory.mp4"
         summary = {"score": state.get("score")}

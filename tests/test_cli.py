@@ -1,0 +1,51 @@
+"""The command line as a user meets it (subprocesses: each pays ~15 s of imports, so few)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "GENART_OFFLINE": "1", "WANDB_MODE": "offline",
+       "GENART_CACHE": "/nonexistent-genart-cache"}
+
+
+def genart(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "genart", *args], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_smoke_run_writes_the_full_run_dir(tmp_path):
+    out = genart("generator=vqgan_tiny", "guide=clip_tiny", "steps=4", "save_every=2", "size=[64,64]", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    (run_dir,) = (tmp_path / "outputs").glob("*/*")
+    for name in ("final.png", "frames/00002.png", "frames/00004.png", "trajectory.mp4", "checkpoint.pt",
+                 ".hydra/config.yaml", "result.json"):
+        assert (run_dir / name).exists(), name
+    assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb")), "an offline W&B run"
+
+
+def test_real_defaults_without_weights_fail_fast_and_clearly(tmp_path):
+    out = genart(cwd=tmp_path)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert "generator.weights.path" in out.stderr and "vqgan" in out.stderr.lower()
+
+
+def test_user_mistakes_are_one_paragraph(tmp_path):
+    out = genart("generator=vqgan_tiny", "guide=clip_tiny", "steps=1", "size=[64,64]", "logger=none",
+                 "prompts.text=sea:abc", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert '"sea:abc"' in out.stderr
+    unknown = genart("no_such_option=1", cwd=tmp_path)
+    assert unknown.returncode != 0 and "no_such_option" in unknown.stderr
+
+
+def test_cfg_job_answers_without_heavy_imports(tmp_path):
+    out = genart("+preset=doorway", "--cfg", "job", cwd=tmp_path)
+    assert out.returncode == 0 and "semantic_symmetry" in out.stdout
+    code = "import sys, genart.__main__, genart.cli, genart.app; print(sorted(m for m in ('torch', 'open_clip', 'kornia', 'wandb') if m in sys.modules))"
+    imported = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=ENV)
+    assert imported.stdout.strip() == "[]", imported.stdout + imported.stderr
