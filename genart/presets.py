@@ -22,18 +22,12 @@ from omegaconf import OmegaConf
 
 import genart
 from genart.errors import UserError
-from genart.safety import PRESET_GROUP, check_presets, searchpath_dir
+from genart.safety import PRESET_GROUP, check_presets, conf_dir, searchpath_dir
 
 EXCLUDED = ("resume", "hydra", "security")  # per machine or per run, never part of the image
+RESTORED = ("threads",)  # null = decided at run time; the run recorded the value it used
 # Sub-folders allowed (doorways/left); no dots, so no `..`, no hidden files, no `.yaml` doubled.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*(/[A-Za-z0-9_][A-Za-z0-9_-]*)*$")
-
-
-def conf_dir() -> Path:
-    """The installed `conf` package: the app's primary config dir."""
-    import conf
-
-    return Path(conf.__file__).parent
 
 
 def user_preset_dirs() -> list[Path]:
@@ -83,8 +77,12 @@ def save_preset(
             f"A preset selects the run's config-group options ({_summary(run_dir, choices)}), so "
             f"each must still exist in the run's config dir and search path."
         ) from None
+    info = _run_info(run_dir)
+    for key in RESTORED:  # left to the machine (null), but it decides the pixels: freeze it
+        if key in values and values[key] is None and info.get(key) is not None:
+            values[key] = info[key]
     text = " ".join((description or _summary(run_dir, choices)).split())  # one line
-    notes = [*_provenance(run_dir, values, stale), f"description: {text}"]
+    notes = [*_provenance(run_dir, info, values, stale), f"description: {text}"]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(_render(notes, defaults, values))
     _warn_if_refused(root, name)
@@ -95,8 +93,8 @@ def _safe_name(name: str) -> str:
     name = name.removesuffix(".yaml")
     if not SAFE_NAME.match(name):
         raise UserError(
-            f"Unsafe preset name {name!r}: use letters, digits, `_` and `-`, with `/` for "
-            f"sub-folders (e.g. doorways/left); no dots, no leading `/` or `-`, no empty parts."
+            f"Unsafe preset name {name!r}: use letters, digits, _ and -, and / for "
+            f"sub-folders (doorways/left); no dots, no leading / or -, no empty parts."
         )
     return name
 
@@ -178,36 +176,35 @@ def _null_extra(composed: dict, values: dict, prefix: str = "") -> list[str]:
     return stale
 
 
-def _provenance(run_dir: Path, values: dict, stale: list[str]) -> list[str]:
+def _provenance(run_dir: Path, info: dict, values: dict, stale: list[str]) -> list[str]:
+    commit = info.get("git_commit") or _git_commit()  # the run's own record, else the checkout's
     notes = [
         "Saved by `python -m genart.presets save`: the full config of one run, frozen.",
         f"source run: {Path(run_dir).resolve()}",
         f"saved: {datetime.datetime.now().isoformat(timespec='seconds')}",
-        f"genart: {genart.__version__}, git commit: {_git_commit()}",
+        f"genart: {info.get('genart', genart.__version__)}, git commit: {commit}",
     ]
     notes += [f"weights: {key} = {spec}" for key, spec in _weights(values)]
-    info = {}
-    for file in ("result.json", "run_info.json"):
-        if (Path(run_dir) / file).is_file():
-            info |= json.loads((Path(run_dir) / file).read_text())
-    run = [f"{k}={info[k]}" for k in ("device", "precision", "threads") if k in info]
+    run = [f"{k}={info[k]}" for k in ("device", "precision", "threads", "torch") if k in info]
     notes += [f"ran with: {', '.join(run)}"] if run else []
     return notes + ([f"deleted in the run, so null here: {', '.join(stale)}"] if stale else [])
+
+
+def _run_info(run_dir: Path) -> dict:
+    """What the run recorded about its machine (result.json, run_info.json), if anything."""
+    files = [Path(run_dir) / f for f in ("result.json", "run_info.json")]
+    return {k: v for f in files if f.is_file() for k, v in json.loads(f.read_text()).items()}
 
 
 def _git_commit() -> str:
     repo = Path(genart.__file__).parent.parent
     try:
-        dirty = " (with uncommitted changes)" if _git(repo, "status", "--porcelain") else ""
-        return _git(repo, "rev-parse", "HEAD") + dirty
+        cmd = ["git", "-C", str(repo), "rev-parse", "HEAD"]
+        return subprocess.run(
+            cmd, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def _git(repo: Path, *args: str) -> str:
-    run = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=5)
-    run.check_returncode()
-    return run.stdout.strip()
 
 
 def _weights(node: Any, key: str = "") -> list[tuple[str, str]]:

@@ -227,7 +227,7 @@ class PromptSchedule:
         ones = torch.ones(len(views.sizes), device=views.sizes.device)
         if self.size_weighting is None:
             return ones
-        return torch.where(views.composition, ones, self.size_weighting(views.sizes))
+        return torch.where(views.composition, ones, self.size_weighting(views.sizes, views.composition))
 
     def selection(self, sims: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """sel (N, P), and per view the prompt it matched best (or worst) among the contenders.

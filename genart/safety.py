@@ -22,11 +22,12 @@ from genart.errors import UserError
 
 # Not all of `torch.`: torch.load unpickles, torch.hub.load fetches and runs code.
 DEFAULT_ALLOW = ("genart.", "torch.optim.", "kornia.augmentation.", "kornia.filters.")
+DENY = ("genart.presets.", "genart.safety.", "genart.cli.")  # tools that write files, not parts
 PRESET_GROUP = "preset"
 OVERRIDE = re.compile(r"^(\+\+|\+|~)?([\w./-]+?)(@[\w.-]*)?=(.*)$")  # prefix, key, @package, value
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 # oc.decode / oc.create build config nodes from text, so they could assemble a hidden `_target_`.
-_NODE_BUILDERS = ("oc.decode", "oc.create", "_target_")
+_NODE_BUILDERS = ("oc.decode", "oc.create")
 _DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
@@ -61,10 +62,14 @@ def allowed_prefixes(main_config: Path | None = None) -> tuple[str, ...]:
     return DEFAULT_ALLOW + tuple(p.strip() for p in extra if p.strip())
 
 
+def conf_dir() -> Path:
+    """The installed `conf` package: the app's primary config dir (found, not imported)."""
+    return Path(next(iter(importlib.util.find_spec("conf").submodule_search_locations)))
+
+
 def read_main_config(main_config: Path | None = None) -> dict:
     """The main config file (conf/config.yaml) as plain YAML: no preset can reach into it."""
-    conf = importlib.util.find_spec("conf").submodule_search_locations
-    path = main_config or Path(next(iter(conf))) / "config.yaml"
+    path = main_config or conf_dir() / "config.yaml"
     data = yaml.safe_load(path.read_text()) if path.is_file() else None
     return data if isinstance(data, dict) else {}
 
@@ -90,14 +95,17 @@ def searchpath_dir(entry: str) -> Path | None:
     """The directory of a Hydra search path entry: `file:///abs/dir`, `pkg://module`, or a path."""
     scheme, sep, rest = entry.partition("://")
     if scheme == "pkg" and sep:
-        spec = importlib.util.find_spec(os.path.normpath(rest).replace("/", "."))
-        return Path(next(iter(spec.submodule_search_locations))) if spec else None
+        try:
+            spec = importlib.util.find_spec(os.path.normpath(rest).replace("/", "."))
+        except (ImportError, ValueError):  # Hydra will report the bad entry itself
+            return None
+        return Path(next(iter(spec.submodule_search_locations or [None]))) if spec else None
     return Path(rest if sep else entry).expanduser().resolve()
 
 
 def _extra_dirs(argv: list[str], main_config: Path | None) -> list[Path]:
     entries = (read_main_config(main_config).get("hydra") or {}).get("searchpath") or []
-    for flag, value in zip(argv, [*argv[1:], ""], strict=True):
+    for flag, value in zip(argv, [*argv[1:], ""], strict=False):  # value: the next arg
         m = OVERRIDE.match(flag)
         if flag in ("-cd", "--config-dir") or (m and m[2] == "--config-dir"):
             entries.append(value if flag in ("-cd", "--config-dir") else m[4])
@@ -226,13 +234,15 @@ def _check_target(value: Any, key: str, path: Path, allow: tuple[str, ...]) -> N
 
 
 def _target_problem(value: Any, allow: tuple[str, ...]) -> str | None:
-    if not isinstance(value, str) or not _DOTTED.match(value) or re.search(r"(^|\.)__", value):
-        return "which is not a plain dotted name"
+    if not isinstance(value, str) or not _DOTTED.match(value) or re.search(r"(^|\.)_", value):
+        return "which is not a plain dotted name of a public object"
+    if _allowed(value, DENY) and value not in allow:
+        return "a genart command-line tool (it writes files), denied whatever the allowed prefixes"
     if not _allowed(value, allow):
         return "which is outside the allowed target prefixes"
     try:
         outside = "`, `".join(
-            sorted(c for c in _Tracer(allow).canonical(value) if not _allowed(c, allow))
+            sorted(c for c in _Tracer(allow).canonical(value) if not _ok(c, allow))
         )
     except _Untraceable as e:  # an exact name the user allowed is trusted as it stands
         return None if value in allow else f"which could not be traced to a definition ({e})"
@@ -241,6 +251,10 @@ def _target_problem(value: Any, allow: tuple[str, ...]) -> str | None:
 
 def _allowed(name: str, allow: tuple[str, ...]) -> bool:
     return any(name == p.rstrip(".") or name.startswith(p.rstrip(".") + ".") for p in allow)
+
+
+def _ok(name: str, allow: tuple[str, ...]) -> bool:
+    return _allowed(name, allow) and (not _allowed(name, DENY) or name in allow)
 
 
 class _Untraceable(Exception):
@@ -261,7 +275,7 @@ class _Tracer:
 
     def canonical(self, name: str) -> set[str]:
         """Every place `name` may really live (outside names are returned as they stand)."""
-        if not _allowed(name, self.allow):
+        if not _ok(name, self.allow):
             return {name}
         top, *rest = name.split(".")
         return self.resolve(_module(top), rest)
@@ -290,7 +304,7 @@ class _Tracer:
 
     def follow(self, mod: _Mod, head: str, bind: tuple[str, Any], tail: list[str]) -> set[str]:
         kind, what = bind
-        if kind in ("module", "from") and not _allowed(what, self.allow):
+        if kind in ("module", "from") and not _ok(what, self.allow):
             return {".".join([what, *tail])}
         if kind == "module":  # `import a.b` binds the module a.b, found by module name
             return self.resolve(_module(what), tail)
@@ -344,7 +358,11 @@ def _bindings(file: Path, modname: str, is_pkg: bool) -> tuple[dict[str, list], 
     stars: list[str] = []
     add = lambda name, kind, what: binds.setdefault(name, []).append((kind, what))
     package = (modname if is_pkg else modname.rpartition(".")[0]).split(".")
-    for node in _statements(ast.parse(file.read_bytes()).body):
+    try:
+        tree = ast.parse(file.read_bytes())
+    except (OSError, SyntaxError, ValueError) as e:
+        raise _Untraceable(f"the source of {modname} cannot be read") from e
+    for node in _statements(tree.body):
         if isinstance(node, _DEFS):
             add(node.name, "class" if isinstance(node, ast.ClassDef) else "def", node)
         elif isinstance(node, ast.Import):

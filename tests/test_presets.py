@@ -24,6 +24,7 @@ defaults:
 seed: 0
 steps: 10
 size: [64, 32]
+threads: null
 resume: null
 losses:
   tone: {_target_: kornia.filters.GaussianBlur2d, kernel_size: [3, 3], sigma: [1.0, 1.0]}
@@ -100,7 +101,8 @@ def test_saved_preset_composes_to_the_run_config(conf: Path, tmp_path: Path) -> 
     assert "- override /init/sub: b" in text  # nested in an added group: an override
     assert "resume" not in text.split("defaults:")[1]
     composed = compose_preset(conf, user, "sub/frozen")
-    assert without(composed, "resume") == without(job, "resume")
+    assert composed["threads"] == 4  # null in the config: the count the run recorded is frozen
+    assert without(composed, "resume") == without({**job, "threads": 4}, "resume")
     assert composed["resume"] is None  # never frozen: the default comes back
     assert "codebook" not in composed["generator"]  # starts from small.yaml, not big.yaml
 

@@ -97,7 +97,7 @@ def test_combined_weight_rule_by_hand():
     s = PromptSchedule(
         left="a", right="b", text="c:-0.5",
         prompts=[{"text": "d", "weight": 2.0, "start": 5, "end": 10}],
-        size_weighting=lambda sizes: sizes * 2,  # size(s) = 2s
+        size_weighting=lambda sizes, composition: sizes * 2,  # size(s) = 2s
     )
     v = views_at([-0.5, 1.0], sizes=[0.25, 0.5])
     W, winners = s.weights(step=3, views=v)

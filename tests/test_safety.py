@@ -30,7 +30,7 @@ cutouts:
       kernel_size: [3, 3]
       sigma: [1.0, 1.0]
 errors: {_target_: genart.errors.UserError}
-prompts: ["a _doorway_ to heaven"]
+prompts: ["a _doorway_ to heaven", "my_target_audience"]
 """
 
 EVIL = {
@@ -46,9 +46,11 @@ EVIL = {
     "hydra_package": ("# @package hydra.callbacks\nx: {_target_: genart.foo}", "@package"),
     "hydra_default": ("defaults:\n  - override /hydra/launcher: joblib", "hydra/launcher"),
     "reexport": ("optimizer: {_target_: torch.optim.optimizer.torch.load}", "`torch.load`"),
-    "own_module": ("x: {_target_: genart.safety.os.system}", "`os.system`"),
+    "tunnel": ("x: {_target_: kornia.filters.filter.torch.load}", "`torch.load`"),
     "interpolated": ("x: {_target_: '${oc.env:EVIL}'}", "not a plain dotted name"),
     "dunder": ("x: {_target_: genart.errors.UserError.__init__}", "not a plain dotted name"),
+    "private": ("x: {_target_: genart.presets._git}", "not a plain dotted name"),
+    "tool": ("x: {_target_: genart.presets.main, _args_: [[save]]}", "`genart.presets.main`"),
     "decode": ("x: \"${oc.decode:'{a: 1}'}\"", "oc.decode"),
     "not_yaml": ("x: !!python/object/apply:os.system [ls]", "not plain YAML"),
 }
@@ -122,8 +124,9 @@ def test_every_override_form_is_scanned(form: str, tmp_path: Path, main_config: 
         check(["-m", form.format(value)], [root], main_config)
 
 
-def test_deleting_a_preset_is_not_a_selection(presets: Path, main_config: Path) -> None:
-    check(["~preset=evil/os_system", "steps=3"], [presets], main_config)
+def test_no_preset_no_check(presets: Path, main_config: Path) -> None:
+    check([], [presets], main_config)
+    check(["~preset=evil/os_system", "steps=3", "-m"], [presets], main_config)  # ~ deletes
 
 
 ENTRIES = ["/preset/evil/os_system", "evil/os_system", "{/losses: bad}", "{/losses: [ok, bad]}"]
