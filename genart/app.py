@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -38,6 +39,7 @@ def run_job(cfg: DictConfig) -> float:
     """Entry for every job: resolve the run dir (or the resumed one), run, handle failures."""
     from hydra.core.hydra_config import HydraConfig
 
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"genart: {message}\n"
     meta = job_meta()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     one_thread_per_job(cfg)

@@ -35,7 +35,7 @@ class LossContext:
     def over_models(self, fn) -> torch.Tensor:
         """Σ_m w_m · fn(image_embeds_m, text_embeds_m) / Σ_m w_m, for guide ensembles."""
         total = sum(self.model_weights)
-        pairs = zip(self.model_weights, self.image_embeds, self.text_embeds)
+        pairs = zip(self.model_weights, self.image_embeds, self.text_embeds, strict=True)
         return sum(w * fn(e, t) for w, e, t in pairs) / total
 
 

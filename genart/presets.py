@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ def describe(path: Path) -> str:
     return next((c for c in comments if c and not c.startswith("@package")), "")
 
 
-def list_presets(extra: list[Path] = ()) -> list[tuple[Path, str, str]]:
+def list_presets(extra: Sequence[Path] = ()) -> list[tuple[Path, str, str]]:
     """(folder, name, description) of every preset in conf/preset, the user dirs and `extra`."""
     dirs = [conf_dir() / PRESET_GROUP, *(d / PRESET_GROUP for d in user_preset_dirs()), *extra]
     files = [(d, p) for d in dict.fromkeys(dirs) for p in sorted(d.rglob("*.yaml"))]
@@ -247,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     save = commands.add_parser("save", help="freeze a finished run as a preset")
     save.add_argument("run_dir", type=Path, help="the run's output dir (holds .hydra/)")
-    save.add_argument("--name", required=True, help="preset name, e.g. doorway or doorways/left")
-    save.add_argument("--dir", type=Path, help="folder for NAME.yaml (default: conf/preset)")
+    save.add_argument("--name", required=True, help="letters digits _ -, / for sub-folders")
+    save.add_argument("--dir", type=Path, help="default conf/preset; or X/preset, X a user dir")
     save.add_argument("--force", action="store_true", help="replace an existing preset")
     save.add_argument("--description", help="one line shown by `list`")
     show = commands.add_parser("list", help="list presets with their descriptions")

@@ -194,7 +194,7 @@ def evaluate(loss, ctx):
 def mean_similarity(run: Run, image_embeds: list, targets: list):
     """(N, P) cosine similarity, ensemble-weighted; selection only, so no gradient."""
     total = sum(run.guide.weights)
-    return sum(w * (e.detach() @ t.T) for w, e, t in zip(run.guide.weights, image_embeds, targets)) / total
+    return sum(w * (e.detach() @ t.T) for w, e, t in zip(run.guide.weights, image_embeds, targets, strict=True)) / total
 
 
 def check_finite(out: dict, step: int, run: Run) -> None:

@@ -84,7 +84,7 @@ def available_presets(search_dirs: list[Path]) -> list[str]:
     return sorted({p.with_suffix("").as_posix() for p in found})
 
 
-def override_tokens(value: str) -> list[str]:
+def _tokens(value: str) -> list[str]:
     """The names in an override value: `a`, `a,b`, `[a,b]`, `choice(a,b)`, `glob(a*,exclude=b)`."""
     value = re.sub(r"\w+\s*=\s*", " ", value)  # keyword arguments: keep their values (over-scan)
     value = re.sub(r"\b\w+\(", " ", value)  # choice( glob( sort( shuffle(
@@ -110,7 +110,7 @@ def _extra_dirs(argv: list[str], main_config: Path | None) -> list[Path]:
         if flag in ("-cd", "--config-dir") or (m and m[2] == "--config-dir"):
             entries.append(value if flag in ("-cd", "--config-dir") else m[4])
         elif m and m[2] == "hydra.searchpath":
-            entries += override_tokens(m[4])
+            entries += _tokens(m[4])
     return [d for e in map(str, entries) if "${" not in e and (d := searchpath_dir(e))]
 
 
@@ -121,7 +121,7 @@ def _preset_choices(overrides: list[str], dirs: list[Path]) -> list[tuple[str, s
         group = m[2].strip("/") if m else ""
         if not m or m[1] == "~" or group.split("/")[0] != PRESET_GROUP:
             continue
-        for name in override_tokens(m[4]):
+        for name in _tokens(m[4]):
             if "$" in name:
                 raise UserError(f"Cannot check the presets of `{o}`: name them directly.")
             if m[4].lstrip().startswith("glob("):

@@ -49,3 +49,17 @@ def test_cfg_job_answers_without_heavy_imports(tmp_path):
     code = "import sys, genart.__main__, genart.cli, genart.app; print(sorted(m for m in ('torch', 'open_clip', 'kornia', 'wandb') if m in sys.modules))"
     imported = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=ENV)
     assert imported.stdout.strip() == "[]", imported.stdout + imported.stderr
+
+
+def test_an_unsafe_shared_preset_is_refused_before_anything_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    (tmp_path / "shared/preset").mkdir(parents=True)
+    (tmp_path / "shared/preset/evil.yaml").write_text(
+        "# @package _global_\n"
+        "losses:\n  evil:\n    _target_: os.system\n    _args_: ['touch " + str(marker) + "']\n"
+    )
+    env = {**ENV, "GENART_PRESETS_DIR": str(tmp_path / "shared")}
+    out = subprocess.run([sys.executable, "-m", "genart", "+preset=evil", "generator=vqgan_tiny", "guide=clip_tiny"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "os.system" in out.stderr and "Traceback" not in out.stderr
+    assert not marker.exists() and not (tmp_path / "outputs").exists()

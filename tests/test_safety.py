@@ -49,7 +49,7 @@ EVIL = {
     "tunnel": ("x: {_target_: kornia.filters.filter.torch.load}", "`torch.load`"),
     "interpolated": ("x: {_target_: '${oc.env:EVIL}'}", "not a plain dotted name"),
     "dunder": ("x: {_target_: genart.errors.UserError.__init__}", "not a plain dotted name"),
-    "private": ("x: {_target_: genart.presets._git}", "not a plain dotted name"),
+    "private": ("x: {_target_: genart.presets._git_commit}", "not a plain dotted name"),
     "tool": ("x: {_target_: genart.presets.main, _args_: [[save]]}", "`genart.presets.main`"),
     "decode": ("x: \"${oc.decode:'{a: 1}'}\"", "oc.decode"),
     "not_yaml": ("x: !!python/object/apply:os.system [ls]", "not plain YAML"),

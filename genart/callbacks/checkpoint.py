@@ -37,7 +37,7 @@ def load_checkpoint_into(path: Path, generator, optimizer) -> dict:
     """Restore θ and the optimiser; return the payload (step, rng) for the loop."""
     payload = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
     with torch.no_grad():
-        for param, saved in zip(generator.theta(), payload["theta"]):
+        for param, saved in zip(generator.theta(), payload["theta"], strict=True):
             param.copy_(saved.to(param.device))
     optimizer.load_state_dict(payload["optimizer"])
     return payload

@@ -64,7 +64,7 @@ class StatsCallback(Callback):
         append_csv(self.dir / "losses.csv", row)
 
     def _flush_wins(self) -> None:
-        for (step, counts), best in zip(self.wins, self._best_views_or_none()):
+        for (step, counts), best in zip(self.wins, self._best_views_or_none(), strict=True):
             for k in self.grouped:
                 row = {"step": step, "prompt": self.texts[k], "views_won": int(counts[k])}
                 if best is not None:
