@@ -130,3 +130,96 @@ def test_gradient_reaches_theta_from_every_loss():
         generator.theta()[0].grad = None
         loss(ctx).backward()
         assert generator.theta()[0].grad.abs().sum() > 0, name
+
+
+def test_a_preset_switches_a_loss_off_with_null(tmp_path):
+    run_tiny(tmp_path / "off", ["+preset=doorway", "size=[64,64]", "steps=2", "log_every=1",
+                                "losses.tone_symmetry=null", "+losses.tv._target_=genart.losses.TVLoss"])
+    header = (tmp_path / "off/stats/losses.csv").read_text().splitlines()[0].split(",")
+    assert "tone_symmetry" not in header and {"prompt", "semantic_symmetry", "edge_symmetry", "tv"} <= set(header)
+
+
+def test_image_prompts(tmp_path):
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48, 3), np.uint8)).save(tmp_path / "p.png")
+    run_tiny(tmp_path / "img", ["steps=2", f"prompts.images=[{tmp_path / 'p.png'}:0.5]"])
+    assert (tmp_path / "img/final.png").exists()
+
+
+def test_best_match_counts_cover_the_detail_views_only(tmp_path):
+    run_tiny(tmp_path / "bm", ["+preset=composition_details", "size=[64,64]", "steps=3", "log_every=1",
+                               "cutouts.cutn=8", "cutouts.composition.count=2", "cutouts.composition.end=2"])
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "bm/stats/best_match.csv").open()))
+    per_step = {}
+    for row in rows:
+        per_step[int(row["step"])] = per_step.get(int(row["step"]), 0) + int(row["views_won"])
+    assert per_step == {1: 8, 2: 8, 3: 8}  # composition windows never count
+    assert len({row["prompt"] for row in rows}) == 7
+    totals = list(csv.DictReader((tmp_path / "bm/stats/best_match_totals.csv").open()))
+    assert sum(int(r["views_won"]) for r in totals) == 24
+    positional = (tmp_path / "bm/stats/positional.csv").read_text().splitlines()
+    assert positional[0].startswith("x_bin_centre,views")
+
+
+def test_refine_preset_from_an_edited_image(tmp_path):
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(tmp_path / "edited.png")
+    run_tiny(tmp_path / "refine", ["+preset=refine", "size=[64,64]", "steps=2", "log_every=1",
+                                   f"init.image={tmp_path / 'edited.png'}", "prompts.text=a forest"])
+    header = (tmp_path / "refine/stats/losses.csv").read_text().splitlines()[0]
+    assert "init_image" in header
+
+
+def test_mars_luna_seed_image_has_two_darker_blotches():
+    from genart.seed_images import two_blotches
+
+    image = two_blotches(width=128, height=64)[0, 0]  # (H, W)
+    centre_left, centre_right, middle = image[32, 32], image[32, 96], image[32, 64]
+    assert centre_left < middle and centre_right < middle
+    assert torch.allclose(image, image.flip(-1), atol=1e-6)
+
+
+def test_score_ignores_negative_prompts():
+    from types import SimpleNamespace
+
+    from genart.prompts import PromptSchedule
+    from genart.run import score_image
+
+    torch.manual_seed(0)
+    targets_pos = torch.nn.functional.normalize(torch.randn(1, 8), dim=-1)
+    targets_neg = torch.nn.functional.normalize(torch.randn(1, 8), dim=-1)
+
+    class Guide:
+        weights = [1.0]
+
+        def encode_image(self, pixels):
+            return [torch.nn.functional.normalize(pixels.flatten(1)[:, :8], dim=-1)]
+
+    def cutouts(image, step):
+        n = 4
+        return SimpleNamespace(pixels=torch.rand(n, 3, 4, 4), centres=torch.zeros(n, 2), sizes=torch.ones(n),
+                               pair=torch.full((n,), -1), composition=torch.zeros(n, dtype=torch.bool))
+
+    def score(schedule, targets):
+        run = SimpleNamespace(cutouts=cutouts, guide=Guide(), schedule=schedule)
+        return score_image(run, None, [targets], step=0, n_views=8, seed=3)
+
+    alone = score(PromptSchedule(text="sea"), targets_pos)
+    with_negative = score(PromptSchedule(text="sea|storm:-1"), torch.cat([targets_pos, targets_neg]))
+    assert alone == pytest.approx(with_negative)
+
+
+def test_resume_refuses_overrides_that_change_the_run(tmp_path):
+    from omegaconf import OmegaConf
+
+    from genart.app import prepare_resume
+
+    run_dir = tmp_path / "r"
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(compose(["steps=5"]), run_dir / ".hydra/config.yaml")
+    with pytest.raises(UserError, match="steps=9"):
+        prepare_resume(compose(["steps=9", f"resume={run_dir}"]), ["steps=9", f"resume={run_dir}"])
+    saved, where = prepare_resume(compose(["steps=5", f"resume={run_dir}"]), ["steps=5", f"resume={run_dir}"])
+    assert saved.steps == 5 and where == run_dir and saved.resume == str(run_dir)
+    with pytest.raises(UserError, match="not a genart run"):
+        prepare_resume(compose([f"resume={tmp_path}"]), [f"resume={tmp_path}"])
