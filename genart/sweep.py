@@ -28,6 +28,9 @@ def read_results(sweep_dir: Path) -> list[dict]:
 
 
 def summarise(jobs: list[dict]) -> str:
+    if not jobs:
+        return ("genart sweep: no job ran. A glob() over presets sees only the top level of conf/preset; "
+                "for the Doorways catalogue sweep '+preset/doorways=glob(*)'.")
     failed = [j for j in jobs if j.get("status") != "ok"]
     lines = [f"genart sweep: {len(jobs) - len(failed)} of {len(jobs)} jobs succeeded."]
     for job in failed:

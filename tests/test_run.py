@@ -223,3 +223,8 @@ def test_resume_refuses_overrides_that_change_the_run(tmp_path):
     assert saved.steps == 5 and where == run_dir and saved.resume == str(run_dir)
     with pytest.raises(UserError, match="not a genart run"):
         prepare_resume(compose([f"resume={tmp_path}"]), [f"resume={tmp_path}"])
+
+
+def test_refine_without_an_init_image_says_so(tmp_path):
+    with pytest.raises(UserError, match="init.image"):
+        run_tiny(tmp_path / "refine", ["+preset=refine", "steps=1"])
