@@ -51,15 +51,20 @@ def build(cfg: DictConfig, run: Run) -> None:
     import torch
     from hydra.utils import instantiate
 
+    from genart.precision import apply_precision, compile_models, resolve_precision
     from genart.runtime import environment, pick_device, seed_everything, set_threads
 
     threads = set_threads(cfg.get("threads"))
     device = pick_device(cfg.device)
-    run.env = environment(device, cfg.precision, threads)
-    run.autocast = autocast_for(device, cfg.precision)
+    precision = resolve_precision(cfg.precision, device)
+    run.env = environment(device, precision, threads)
     seed_everything(cfg.seed)
     run.generator = instantiate(cfg.generator).to(device)
     run.guide = instantiate(cfg.guide).to(device)
+    run.autocast = autocast_for(device, precision, run.generator)
+    apply_precision([run.generator, run.guide], precision)
+    if cfg.get("compile"):
+        compile_models([run.generator, run.guide])
     run.cutouts = instantiate(cfg.cutouts, cut_size=cfg.cutouts.get("cut_size") or run.guide.input_size)
     run.schedule = instantiate(cfg.prompts, _convert_="all")
     run.losses = {name: instantiate(node).to(device) for name, node in cfg.losses.items() if node is not None}
@@ -70,16 +75,20 @@ def build(cfg: DictConfig, run: Run) -> None:
     torch.set_grad_enabled(True)
 
 
-def autocast_for(device, precision: str):
-    """Mixed precision for the generator and guide only; losses and distances stay in fp32."""
+def autocast_for(device, precision: str, generator=None):
+    """Autocast for a generator without its own `set_precision` hook; else nothing to do.
+
+    Models with the hook cast their frozen weights once (genart.precision): faster than
+    autocast here, and cutouts, losses and distances stay fp32 either way.
+    """
     import torch
 
-    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in dtypes:
-        raise UserError(f"precision={precision} is not known; use fp32, bf16 or fp16.")
-    if dtypes[precision] is None:
+    from genart.precision import dtype_of, has_precision_hook, resolve_precision
+
+    dtype = dtype_of(resolve_precision(precision, device))
+    if dtype == torch.float32 or has_precision_hook(generator):
         return nullcontext
-    return lambda: torch.autocast(device.type, dtype=dtypes[precision])
+    return lambda: torch.autocast(device.type, dtype=dtype)
 
 
 def default_callbacks() -> list:
@@ -136,6 +145,11 @@ def load_init_image(init: DictConfig, size: tuple[int, int]):
 
     from genart.images import load_image
 
+    if init.get("required") and not (init.get("image") or init.get("make")):
+        raise UserError(
+            "This preset starts from an image you give it: set init.image=<path> (e.g. an earlier "
+            "run's final.png after your edits)."
+        )
     if init.get("make"):
         image = instantiate(init.make)(width=size[0], height=size[1])
     elif init.get("image"):
@@ -154,29 +168,33 @@ def load_init_image(init: DictConfig, size: tuple[int, int]):
 def guided_step(run: Run, step: int, targets: list, init: dict):
     """One forward/backward/update; returns the loss terms and what the stats need."""
     import torch
+    from torch.profiler import record_function  # named ranges for genart.bench; ~free unprofiled
 
     from genart.losses import LossContext
 
-    with run.autocast():
-        image = run.generator()  # (1, 3, H, W) in [0, 1]
+    with record_function("genart/generator"), run.autocast():
+        image = run.generator().float()  # (1, 3, H, W) in [0, 1]
+    with record_function("genart/cutouts"):
         views = run.cutouts(image, step)
-        image_embeds = run.guide.encode_image(views.pixels)
-    image_embeds = [e.float() for e in image_embeds]
-    sims = mean_similarity(run, image_embeds, targets)  # (N, P) for best-match and its stats
-    W, winners = run.schedule.weights(step, views, sims)
-    ctx = LossContext(
-        step=step, image=image, views=views, image_embeds=image_embeds, text_embeds=targets,
-        model_weights=run.guide.weights, W=W, stops=run.schedule.stops(W.device),
-        anchor_mix=run.schedule.anchor_mix(views), latent=run.generator.latent(), **init,
-    )
-    terms = {name: evaluate(loss, ctx) for name, loss in run.losses.items() if loss.active(step)}
-    total = sum(run.losses[name].weight * value for name, value in terms.items())
-    total = total if torch.is_tensor(total) else image.new_zeros(())
-    run.optimizer.zero_grad(set_to_none=True)
-    if total.requires_grad:
-        total.backward()
-    run.optimizer.step()
-    with torch.no_grad():
+    with record_function("genart/guide"):
+        image_embeds = [e.float() for e in run.guide.encode_image(views.pixels)]
+    with record_function("genart/losses"):
+        sims = mean_similarity(run, image_embeds, targets)  # (N, P) for best-match and its stats
+        W, winners = run.schedule.weights(step, views, sims)
+        ctx = LossContext(
+            step=step, image=image, views=views, image_embeds=image_embeds, text_embeds=targets,
+            model_weights=run.guide.weights, W=W, stops=run.schedule.stops(W.device),
+            anchor_mix=run.schedule.anchor_mix(views), latent=run.generator.latent(), **init,
+        )
+        terms = {name: evaluate(loss, ctx) for name, loss in run.losses.items() if loss.active(step)}
+        total = sum(run.losses[name].weight * value for name, value in terms.items())
+        total = total if torch.is_tensor(total) else image.new_zeros(())
+    with record_function("genart/backward"):
+        run.optimizer.zero_grad(set_to_none=True)
+        if total.requires_grad:
+            total.backward()
+    with record_function("genart/optimizer"), torch.no_grad():
+        run.optimizer.step()
         run.generator.post_step()
     return {"terms": terms, "total": total, "views": views, "W": W, "winners": winners, "sims": sims}
 

@@ -51,8 +51,9 @@ def nearest_codes(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
 
 
 def quantize_st(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Straight-through quantisation: forward q(z), gradient of the identity."""
-    return z + (nearest_codes(z, codebook) - z).detach()
+    """Straight-through quantisation: forward exactly q(z) (z + (q − z) would round), gradient
+    of the identity."""
+    return nearest_codes(z, codebook) + (z - z.detach())
 
 
 def round_size(size: Sequence[int], factor: int) -> tuple[int, int]:
@@ -184,6 +185,7 @@ class VQGANGenerator(Generator):
             raise ValueError(f"VQGANGenerator init={init!r}: only 'random' (codebook tokens)")
         width, height = self.size
         self.z = nn.Parameter(self.random_latent(height // self.factor, width // self.factor))
+        self.dtype = torch.float32  # the decoder's compute dtype (set_precision)
 
     @property
     def codebook(self) -> torch.Tensor:
@@ -207,11 +209,26 @@ class VQGANGenerator(Generator):
     def latent(self) -> torch.Tensor:
         return self.z
 
+    def set_precision(self, dtype: torch.dtype) -> None:
+        """Run the frozen decoder under autocast to `dtype` (fp32: plainly).
+
+        Decoder forward + backward at 256², 2-core AMX CPU, best of 4: fp32 3.35 s, bf16
+        autocast 0.95 s, bf16-cast weights 1.15 s (+ channels_last 1.28 s). Autocast also keeps
+        GroupNorm in fp32; z, q(z), the codebook, the encoder and the output clamp stay fp32.
+        """
+        self.dtype = dtype
+
+    def compile_hot(self) -> None:
+        """torch.compile the decoder (fuses GroupNorm + swish; the first call compiles)."""
+        self.model.decoder.compile()
+
     def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
         """Any latent (B, D, h, w) → image (B, 3, H, W) in [0, 1], quantised straight-through."""
         z_q = quantize_st(z, self.codebook)
-        dec = self.model.decoder(self.model.post_quant_conv(z_q))  # (B, 3, H, W) in ~[-1, 1]
-        return clamp_with_grad((dec + 1) / 2)
+        reduced = self.dtype != torch.float32
+        with torch.autocast(z_q.device.type, self.dtype) if reduced else contextlib.nullcontext():
+            dec = self.model.decoder(self.model.post_quant_conv(z_q))  # (B, 3, H, W) in ~[-1, 1]
+        return clamp_with_grad((dec.float() + 1) / 2)
 
     def forward(self) -> torch.Tensor:
         return self.decode_latent(self.z)  # (1, 3, H, W) in [0, 1]

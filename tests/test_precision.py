@@ -1,0 +1,150 @@
+"""Speed without a different result: bf16 fidelity, the bench's parity check, frozen weights."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from genart import bench
+from genart.errors import UserError
+from genart.precision import resolve_precision
+from tests.conftest import REPO, compose
+
+TINY = {
+    "steps": 1,
+    "warmup": 0,
+    "size": [64, 64],
+    "cutn": 8,
+    "precision": "bf16",
+    "compile": False,
+    "fidelity_steps": 50,
+    "threads": None,
+    "generator": "vqgan_tiny",
+    "guide": "clip_tiny",
+    "seed": 0,
+    "overrides": [],
+}
+# A clearly falling loss: with noise and augmentations the tiny random models' loss wanders.
+FALLING = ["optimizer.lr=0.2", "cutouts.noise=0", "cutouts.augmentations=[]"]
+
+
+def test_bf16_loss_falls_and_stays_within_5_percent_of_fp32s_decrease():
+    """Gap measured on fp32's own trajectory (same θ_t, crops): the precision error alone.
+
+    Free-running runs part after a few steps whatever the cause (bench.child_fidelity): a
+    0.1 % gradient perturbation in fp32 parts them as much, so that gap measures chaos.
+    """
+    result = bench.child_fidelity({**TINY, "cutn": 32, "overrides": FALLING}, floor=False)
+    assert result["falls"] and result["fp32_decrease"] > 0.05
+    assert result["along_share"] <= 0.05, result["along_share"]
+    assert result["along_grad_cos_min"] > 0.98
+    assert result["pass"]
+
+
+def test_parity_check_passes_on_tiny_models():
+    result = bench.child_parity(TINY)
+    assert result["pass"], result
+    off, on = result["off"], result["on"]
+    assert off["grad_max_abs_err_rel"] < 1e-4 and on["grad_cos"] > 0.9999
+    assert on["noise"] and on["loss_genart"] == pytest.approx(on["loss_plain"], rel=1e-6)
+    assert on["bf16"]["grad_cos"] > 0.95  # bf16 steers the same way
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_frozen_models_get_no_weight_gradients(precision):
+    from genart.run import guided_step
+
+    run, targets, _ = bench.build_genart({**TINY, "precision": precision})
+    guided_step(run, 0, targets, {})
+    theta = {id(p) for p in run.generator.theta()}
+    frozen = [
+        p for p in [*run.generator.parameters(), *run.guide.parameters()] if id(p) not in theta
+    ]
+    assert frozen and all(not p.requires_grad and p.grad is None for p in frozen)
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in run.generator.theta())
+
+
+def test_bf16_runs_the_frozen_models_reduced_and_keeps_theta_and_outputs_fp32():
+    run, targets, _ = bench.build_genart({**TINY, "precision": "bf16"})
+    generator, clip = run.generator, next(iter(run.guide.models.values()))
+    seen = []
+    generator.model.decoder.conv_out.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    image = generator()
+    assert seen == [torch.bfloat16]  # the decoder ran under autocast
+    assert generator.codebook.dtype == generator.z.dtype == torch.float32
+    assert image.dtype == torch.float32 and 0 <= image.min() and image.max() <= 1
+    assert next(clip.model.visual.parameters()).dtype == torch.bfloat16  # cast once, frozen
+    assert next(clip.model.transformer.parameters()).dtype == torch.float32  # text tower
+    assert run.guide.encode_image(torch.rand(2, 3, 64, 64))[0].dtype == torch.float32
+
+
+def test_fast_clip_layout_computes_the_same_embeddings():
+    """Sequence-first attention, matmul patch embedding and math attention: same function."""
+    from hydra.utils import instantiate
+
+    cfg = compose(["guide=clip_tiny"])
+    stock = next(iter(instantiate(cfg.guide).models.values()))
+    fast = next(iter(instantiate(cfg.guide).models.values()))
+    fast.set_precision(torch.float32)
+    pixels = torch.rand(4, 3, 64, 64, requires_grad=True)
+    expected = stock.encode_image(pixels)
+    (grad,) = torch.autograd.grad(expected.sum(), pixels)
+    got = fast.encode_image(pixels)
+    (fast_grad,) = torch.autograd.grad(got.sum(), pixels)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.allclose(fast_grad, grad, atol=1e-5 * float(grad.abs().max()))
+
+
+def test_precision_auto_is_fp32_on_cpu_and_unknown_names_fail():
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    with pytest.raises(UserError, match="precision=half"):
+        resolve_precision("half", torch.device("cpu"))
+    assert compose([])["compile"] is False
+
+
+@pytest.mark.slow
+def test_bench_cli_writes_the_report(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "genart.bench",
+        "--generator",
+        "vqgan_tiny",
+        "--guide",
+        "clip_tiny",
+        "--size",
+        "64",
+        "64",
+        "--cutn",
+        "8",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--json",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["parity"]["pass"] and report["ratio"] > 0
+    assert {"genart", "plain"} <= set(report["loops"])
+    assert "ratio plain / genart" in proc.stdout
+
+
+@pytest.mark.slow
+def test_compile_runs_and_keeps_the_loss():
+    """compile=true takes the same steps as eager (torch.compile; slow: it compiles first)."""
+    from genart.run import guided_step
+
+    losses = []
+    for compiled in (False, True):
+        run, targets, _ = bench.build_genart({**TINY, "compile": compiled})
+        losses.append([float(guided_step(run, i, targets, {})["total"].detach()) for i in range(2)])
+    assert losses[1] == pytest.approx(losses[0], rel=2e-2)
