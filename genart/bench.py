@@ -667,7 +667,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--json", default="outputs/bench.json", help="where to write the report")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--generator", default="vqgan", help="conf/generator option")
-    ap.add_argument("--guide", default="clip_vitb32", help="conf/guide option (first model used)")
+    ap.add_argument("--guide", default="clip_vitb32", help="conf/guide option with one CLIP model")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--override",
