@@ -72,7 +72,7 @@ def build_genart(s: dict, precision: str | None = None):
     from genart.run import Run, build, embed_targets, resolve_all_weights
 
     cfg = resolve_all_weights(compose_config(s, precision))
-    run = Run(run_dir=Path(tempfile.mkdtemp(prefix="genart-bench-")), config={}, meta={})
+    run = Run(run_dir=Path(tempfile.gettempdir()) / "genart-bench", config={}, meta={})  # unused
     build(cfg, run)
     return run, embed_targets(run), cfg
 
