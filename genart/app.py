@@ -6,7 +6,6 @@ catches its own error, writes `error.txt` and a failed `result.json`, and the sw
 
 from __future__ import annotations
 
-import json
 import sys
 import traceback
 import warnings
@@ -91,9 +90,9 @@ def record_failure(run_dir: Path, cfg: DictConfig, meta: dict, err: BaseExceptio
     run_dir.mkdir(parents=True, exist_ok=True)
     detail = "" if isinstance(err, UserError) else "\n\n" + "".join(traceback.format_exception(err))
     (run_dir / "error.txt").write_text(f"{type(err).__name__}: {err}{detail}\n")
-    result = {"status": "failed", "score": None, "seed": cfg.get("seed"), "steps": cfg.get("steps"),
-              "overrides": meta["overrides"], "error": f"{type(err).__name__}: {err}".splitlines()[0]}
-    (run_dir / "result.json").write_text(json.dumps(result, indent=2))
+    from genart.run import write_result
+
+    write_result(run_dir, cfg, meta, "failed", error=f"{type(err).__name__}: {err}".splitlines()[0])
 
 
 def prepare_resume(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Path]:

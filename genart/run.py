@@ -326,12 +326,14 @@ def finish(cfg: DictConfig, run: Run, targets: list) -> float:
     score = score_image(run, image, targets, cfg.steps - 1, cfg.score.views, cfg.score.seed)
     for callback in run.callbacks:
         callback.on_end({"step": run.step, "score": score, "image": lambda: image})
-    write_result(run, cfg, status="ok", score=score)
+    write_result(run.run_dir, cfg, run.meta, "ok", score=score, env=run.env)
     return score
 
 
-def write_result(run: Run, cfg: DictConfig, status: str, score: float | None = None, error: str | None = None):
+def write_result(run_dir: Path, cfg: DictConfig, meta: dict, status: str, score: float | None = None,
+                 error: str | None = None, env: dict | None = None) -> None:
+    """result.json, the one record sweeps, galleries and presets read (ok and failed runs alike)."""
     result = {"status": status, "score": None if score is None or math.isnan(score) else score,
-              "seed": cfg.seed, "steps": cfg.steps, "overrides": run.meta.get("overrides", []),
-              "error": error, **run.env}
-    (Path(run.run_dir) / "result.json").write_text(json.dumps(result, indent=2))
+              "seed": cfg.get("seed"), "steps": cfg.get("steps"), "overrides": meta.get("overrides", []),
+              "error": error, **(env or {})}
+    (Path(run_dir) / "result.json").write_text(json.dumps(result, indent=2))
