@@ -35,6 +35,15 @@ def run_tiny(run_dir: Path, overrides: list[str] = (), resume: bool = False) -> 
     return run(cfg, run_dir, {"overrides": list(overrides)}, resume=resume)
 
 
+@pytest.fixture(autouse=True)
+def _same_random_numbers_every_run():
+    """Each test draws the same random numbers on every run, so a tolerance that passes once
+    passes in CI too (an unseeded test once failed there on one unlucky image)."""
+    import torch
+
+    torch.manual_seed(0)
+
+
 @pytest.fixture
 def tiny_run(tmp_path):
     def _run(overrides=(), name="run", resume=False):
