@@ -13,10 +13,11 @@ from genart.cutouts import (
     SizeWeighting,
     Views,
     mirror_boxes,
+    sample_boxes,
     size_weights,
 )
 from genart.errors import UserError
-from genart.resample import blur_binomial, pad_to_square, resample_crops
+from genart.resample import blur_weights, pad_to_square, resample_crops
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -110,7 +111,34 @@ def test_prefilter_removes_the_box_filter_ripple_at_odd_shrink():
     bare = roi_align(stripes, [box], (32, 32), 1.0, -1, True)  # a 3-px box: 2/3 or 1/3 per pixel
     assert bare.std() > 0.1
     assert resample_crops(stripes, box, 32).std() < 1e-3
-    assert blur_binomial(stripes).std() < 1e-6  # [1, 2, 1] nulls Nyquist, edges included
+    blur = blur_weights(torch.eye(96))  # B: B @ A blurs A's rows with reflected edges
+    assert (blur @ stripes[0, 0].T).std() < 1e-6  # [1, 2, 1] nulls Nyquist, edges included
+    torch.testing.assert_close(blur.sum(dim=1), torch.ones(96))  # and keeps the mean
+
+
+def blur_reflect(image):
+    """[1, 2, 1]² / 16 blur with reflected edges, written plainly as a reference."""
+    kernel = torch.tensor([1.0, 2.0, 1.0])
+    kernel = (kernel[:, None] * kernel[None]) / 16
+    padded = F.pad(image, (1, 1, 1, 1), mode="reflect")
+    return F.conv2d(padded, kernel.expand(image.shape[1], 1, 3, 3), groups=image.shape[1])
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "size"), [(256, 256, 224), (64, 96, 16), (300, 200, 32)]
+)
+def test_resampling_equals_roi_align_of_sharp_and_prefiltered_images(height, width, size):
+    from torchvision.ops import roi_align
+
+    image = torch.rand(1, 3, height, width)
+    boxes = sample_boxes(height, width, 16, size, 1.0)
+    outside = torch.tensor([[0.0, 0, width, height], [-3.5, 2, 40, 45.5]])  # whole, partly outside
+    boxes = torch.cat([boxes, outside])
+    sharp = roi_align(image, [boxes], (size, size), 1.0, -1, True)
+    soft = roi_align(blur_reflect(image), [boxes], (size, size), 1.0, -1, True)
+    shrink = (boxes[:, 2:] - boxes[:, :2]).amax(dim=1) / size
+    expected = torch.lerp(sharp, soft, (shrink - 1).clamp(0, 1)[:, None, None, None])
+    torch.testing.assert_close(resample_crops(image, boxes, size), expected, atol=1e-6, rtol=0)
 
 
 def test_resampling_backward_is_deterministic_and_reaches_every_pixel():
