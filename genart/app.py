@@ -49,8 +49,11 @@ def run_job(cfg: DictConfig) -> float:
 
         return run(cfg, run_dir, meta, resume=bool(cfg.get("resume")))
     except KeyboardInterrupt:
-        print(f"\nInterrupted. Everything saved so far stays in {run_dir}; continue with:\n"
-              f"  python -m genart resume={run_dir}", file=sys.stderr)
+        print(
+            f"\nInterrupted. Everything saved so far stays in {run_dir}; continue with:\n"
+            f"  python -m genart resume={run_dir}",
+            file=sys.stderr,
+        )
         raise SystemExit(130) from None
     except Exception as err:  # noqa: BLE001 - every failure is recorded, user mistakes are explained
         user_error = as_user_error(err)

@@ -92,7 +92,9 @@ class SemanticSymmetryLoss(Loss):
 
     def forward(self, ctx: LossContext) -> torch.Tensor:
         pair = ctx.views.pair
-        left = torch.nonzero((pair >= 0) & (torch.arange(len(pair), device=pair.device) < pair))[:, 0]
+        left = torch.nonzero((pair >= 0) & (torch.arange(len(pair), device=pair.device) < pair))[
+            :, 0
+        ]
         if len(left) == 0:
             return ctx.image.new_zeros(())
         right = pair[left]
@@ -147,7 +149,9 @@ class TVLoss(Loss):
 
     def forward(self, ctx: LossContext) -> torch.Tensor:
         x = ctx.image.float()
-        return ((x[..., 1:, :] - x[..., :-1, :]) ** 2).mean() + ((x[..., 1:] - x[..., :-1]) ** 2).mean()
+        return ((x[..., 1:, :] - x[..., :-1, :]) ** 2).mean() + (
+            (x[..., 1:] - x[..., :-1]) ** 2
+        ).mean()
 
 
 class InitImageLoss(Loss):
@@ -164,5 +168,5 @@ class InitImageLoss(Loss):
             now, target = ctx.image, ctx.init_image
         else:
             return ctx.image.new_zeros(())
-        fade = self.decay ** ctx.step
+        fade = self.decay**ctx.step
         return fade * F.mse_loss(now.float(), target.float().to(now.device))

@@ -57,7 +57,11 @@ def split_prompts(specs: str | Sequence[str] | None) -> list[str]:
     """Accept "a|b" or a list of strings; drop empties."""
     if specs is None:
         return []
-    items = specs.split("|") if isinstance(specs, str) else [s for spec in specs for s in str(spec).split("|")]
+    items = (
+        specs.split("|")
+        if isinstance(specs, str)
+        else [s for spec in specs for s in str(spec).split("|")]
+    )
     return [s.strip() for s in items if s.strip()]
 
 
@@ -85,9 +89,7 @@ def interpolate_positions(x: torch.Tensor, anchors: torch.Tensor, mode: str, sha
         # a softmax of -sharpness·|x - x_k| is a sigmoid of x between neighbouring anchors
         t = torch.softmax(-sharpness * (x[:, None] - xs[None, :]).abs() / spacing, dim=1)
     else:
-        raise UserError(
-            f'prompts.interpolation is "{mode}"; use linear, cosine or sigmoid.'
-        )
+        raise UserError(f'prompts.interpolation is "{mode}"; use linear, cosine or sigmoid.')
     t = t / t.sum(dim=1, keepdim=True).clamp_min(1e-12)
     return t[:, torch.argsort(order)]  # back to the anchors' own order
 
@@ -96,7 +98,9 @@ def _tents(x: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
     """Hat functions: anchor k's weight falls linearly to 0 at its neighbours."""
     if len(xs) == 1:
         return torch.ones(len(x), 1, dtype=x.dtype, device=x.device)
-    idx = torch.searchsorted(xs, x.contiguous(), right=True).clamp(1, len(xs) - 1)  # right neighbour
+    idx = torch.searchsorted(xs, x.contiguous(), right=True).clamp(
+        1, len(xs) - 1
+    )  # right neighbour
     x0, x1 = xs[idx - 1], xs[idx]
     frac = ((x - x0) / (x1 - x0)).clamp(0, 1)
     t = torch.zeros(len(x), len(xs), dtype=x.dtype, device=x.device)
@@ -137,7 +141,9 @@ class PromptSchedule:
         self.size_weighting = size_weighting
         self.select = (best_match or {}).get("select", "best")
         if self.select not in ("best", "worst", "all"):
-            raise UserError(f'prompts.best_match.select is "{self.select}"; use best, worst or all.')
+            raise UserError(
+                f'prompts.best_match.select is "{self.select}"; use best, worst or all.'
+            )
         found: list[Prompt] = []
         found += [self._text_prompt(s, on="all") for s in split_prompts(text)]
         found += self._anchored(left, center, right, anchors, template, entrance)
@@ -145,13 +151,16 @@ class PromptSchedule:
         found += [self._full_prompt(p) for p in prompts or ()]
         for phase in phases or ():
             window = {"start": int(phase.get("start", 0)), "end": phase.get("end", math.inf)}
-            found += [replace(self._text_prompt(s, on="all"), **window) for s in split_prompts(phase["text"])]
+            found += [
+                replace(self._text_prompt(s, on="all"), **window)
+                for s in split_prompts(phase["text"])
+            ]
         for spec in split_prompts((best_match or {}).get("prompts")):
             found.append(replace(self._text_prompt(spec, on="detail"), group="best_match"))
         found += [self._image_prompt(s) for s in images or ()]
         if not found:
             raise UserError(
-                "No prompt is set. Give one with prompts.text=\"a lighthouse in a storm\" (several "
+                'No prompt is set. Give one with prompts.text="a lighthouse in a storm" (several '
                 'joined with "|"), or positional ones with prompts.left=… prompts.right=….'
             )
         self.prompts = found
@@ -167,20 +176,35 @@ class PromptSchedule:
 
     def _full_prompt(self, node: Mapping) -> Prompt:
         text, weight, stop = parse_prompt(str(node["text"]))
-        fields = {k: node[k] for k in ("weight", "stop", "start", "end", "on", "anchor") if node.get(k) is not None}
+        fields = {
+            k: node[k]
+            for k in ("weight", "stop", "start", "end", "on", "anchor")
+            if node.get(k) is not None
+        }
         return Prompt(with_suffix(text, self.suffix), **{"weight": weight, "stop": stop, **fields})
 
     def _anchored(self, left, center, right, anchors, template, entrance) -> list[Prompt]:
-        nodes = [{"subject": s, "x": ANCHOR_X[k]} for k, s in
-                 (("left", left), ("center", center), ("right", right)) if s]
+        nodes = [
+            {"subject": s, "x": ANCHOR_X[k]}
+            for k, s in (("left", left), ("center", center), ("right", right))
+            if s
+        ]
         nodes += list(anchors or ())
         out = []
         for node in nodes:
-            words = render_template(node.get("template", template), str(node["subject"]),
-                                    node.get("entrance", entrance))
+            words = render_template(
+                node.get("template", template), str(node["subject"]), node.get("entrance", entrance)
+            )
             text, weight, stop = parse_prompt(words)
-            out.append(Prompt(with_suffix(text, self.suffix), float(node.get("weight", weight)), stop,
-                              anchor=float(node["x"]), on="detail"))
+            out.append(
+                Prompt(
+                    with_suffix(text, self.suffix),
+                    float(node.get("weight", weight)),
+                    stop,
+                    anchor=float(node["x"]),
+                    on="detail",
+                )
+            )
         return out
 
     # -- per-step weights ---------------------------------------------------------------------
@@ -203,7 +227,9 @@ class PromptSchedule:
         comp = views.composition[:, None].float()  # (N, 1)
         on = [p.on for p in self.prompts]
         detail_ok = torch.tensor([o in ("all", "detail") for o in on], device=comp.device).float()
-        comp_ok = torch.tensor([o in ("all", "composition") for o in on], device=comp.device).float()
+        comp_ok = torch.tensor(
+            [o in ("all", "composition") for o in on], device=comp.device
+        ).float()
         return comp * comp_ok + (1 - comp) * detail_ok
 
     def positional(self, views) -> torch.Tensor:
@@ -213,13 +239,16 @@ class PromptSchedule:
         idx = [k for k, p in enumerate(self.prompts) if p.anchor is not None]
         if idx:
             anchors = torch.tensor([self.prompts[k].anchor for k in idx], device=device)
-            pos[:, idx] = interpolate_positions(views.centres[:, 0].float(), anchors,
-                                                self.interpolation, self.sharpness)
+            pos[:, idx] = interpolate_positions(
+                views.centres[:, 0].float(), anchors, self.interpolation, self.sharpness
+            )
         return pos
 
     def anchor_mix(self, views) -> torch.Tensor:
         """(N, P): the positional mix of anchored prompts only (zero for the others)."""
-        anchored = torch.tensor([p.anchor is not None for p in self.prompts], device=views.centres.device)
+        anchored = torch.tensor(
+            [p.anchor is not None for p in self.prompts], device=views.centres.device
+        )
         return self.positional(views) * anchored.float()
 
     def size_weights(self, views) -> torch.Tensor:
@@ -227,7 +256,9 @@ class PromptSchedule:
         ones = torch.ones(len(views.sizes), device=views.sizes.device)
         if self.size_weighting is None:
             return ones
-        return torch.where(views.composition, ones, self.size_weighting(views.sizes, views.composition))
+        return torch.where(
+            views.composition, ones, self.size_weighting(views.sizes, views.composition)
+        )
 
     def selection(self, sims: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """sel (N, P), and per view the prompt it matched best (or worst) among the contenders.
@@ -238,7 +269,9 @@ class PromptSchedule:
         n = 1 if sims is None else sims.shape[0]
         sel = torch.ones(n, len(self.prompts), device=None if sims is None else sims.device)
         group = [k for k, p in enumerate(self.prompts) if p.group == "best_match"]
-        contenders = group or [k for k, p in enumerate(self.prompts) if p.weight > 0 and p.on != "composition"]
+        contenders = group or [
+            k for k, p in enumerate(self.prompts) if p.weight > 0 and p.on != "composition"
+        ]
         if sims is None or not contenders:
             return sel, None
         scores = sims[:, contenders]
@@ -251,12 +284,20 @@ class PromptSchedule:
         """W (N, P) = time · pos · size · sel · w, and the best-match winners per view."""
         device = views.centres.device
         sel, winners = self.selection(sims)
-        W = (self.active(step, device)[None] * self.applies(views) * self.positional(views)
-             * self.size_weights(views)[:, None] * sel * self.signed_weights(device)[None])
+        W = (
+            self.active(step, device)[None]
+            * self.applies(views)
+            * self.positional(views)
+            * self.size_weights(views)[:, None]
+            * sel
+            * self.signed_weights(device)[None]
+        )
         return W, winners
 
     @property
     def grouped(self) -> list[int]:
         """Indices of the best-match group, or of every counted prompt when there is no group."""
         group = [k for k, p in enumerate(self.prompts) if p.group == "best_match"]
-        return group or [k for k, p in enumerate(self.prompts) if p.weight > 0 and p.on != "composition"]
+        return group or [
+            k for k, p in enumerate(self.prompts) if p.weight > 0 and p.on != "composition"
+        ]

@@ -65,11 +65,17 @@ def build(cfg: DictConfig, run: Run) -> None:
     apply_precision([run.generator, run.guide], precision)
     if cfg.get("compile"):
         compile_models([run.generator, run.guide])
-    run.cutouts = instantiate(cfg.cutouts, cut_size=cfg.cutouts.get("cut_size") or run.guide.input_size)
+    run.cutouts = instantiate(
+        cfg.cutouts, cut_size=cfg.cutouts.get("cut_size") or run.guide.input_size
+    )
     run.schedule = instantiate(cfg.prompts, _convert_="all")
-    run.losses = {name: instantiate(node).to(device) for name, node in cfg.losses.items() if node is not None}
+    run.losses = {
+        name: instantiate(node).to(device) for name, node in cfg.losses.items() if node is not None
+    }
     if not run.losses:
-        raise UserError("Every loss is switched off (losses.<name>: null). Keep at least losses.prompt.")
+        raise UserError(
+            "Every loss is switched off (losses.<name>: null). Keep at least losses.prompt."
+        )
     run.optimizer = instantiate(cfg.optimizer)(params=run.generator.theta())
     run.callbacks = default_callbacks() + ([instantiate(cfg.logger)] if cfg.get("logger") else [])
     torch.set_grad_enabled(True)
@@ -136,7 +142,10 @@ def apply_init(cfg: DictConfig, run: Run) -> dict:
     with torch.no_grad():
         run.generator.encode(image.to(run.generator.theta()[0].device))
         init_image = run.generator()
-    return {"init_latent": run.generator.latent().detach().clone(), "init_image": init_image.detach()}
+    return {
+        "init_latent": run.generator.latent().detach().clone(),
+        "init_image": init_image.detach(),
+    }
 
 
 def load_init_image(init: DictConfig, size: tuple[int, int]):
@@ -182,11 +191,21 @@ def guided_step(run: Run, step: int, targets: list, init: dict):
         sims = mean_similarity(run, image_embeds, targets)  # (N, P) for best-match and its stats
         W, winners = run.schedule.weights(step, views, sims)
         ctx = LossContext(
-            step=step, image=image, views=views, image_embeds=image_embeds, text_embeds=targets,
-            model_weights=run.guide.weights, W=W, stops=run.schedule.stops(W.device),
-            anchor_mix=run.schedule.anchor_mix(views), latent=run.generator.latent(), **init,
+            step=step,
+            image=image,
+            views=views,
+            image_embeds=image_embeds,
+            text_embeds=targets,
+            model_weights=run.guide.weights,
+            W=W,
+            stops=run.schedule.stops(W.device),
+            anchor_mix=run.schedule.anchor_mix(views),
+            latent=run.generator.latent(),
+            **init,
         )
-        terms = {name: evaluate(loss, ctx) for name, loss in run.losses.items() if loss.active(step)}
+        terms = {
+            name: evaluate(loss, ctx) for name, loss in run.losses.items() if loss.active(step)
+        }
         total = sum(run.losses[name].weight * value for name, value in terms.items())
         total = total if torch.is_tensor(total) else image.new_zeros(())
     with record_function("genart/backward"):
@@ -196,7 +215,14 @@ def guided_step(run: Run, step: int, targets: list, init: dict):
     with record_function("genart/optimizer"), torch.no_grad():
         run.optimizer.step()
         run.generator.post_step()
-    return {"terms": terms, "total": total, "views": views, "W": W, "winners": winners, "sims": sims}
+    return {
+        "terms": terms,
+        "total": total,
+        "views": views,
+        "W": W,
+        "winners": winners,
+        "sims": sims,
+    }
 
 
 def evaluate(loss, ctx):
@@ -212,7 +238,13 @@ def evaluate(loss, ctx):
 def mean_similarity(run: Run, image_embeds: list, targets: list):
     """(N, P) cosine similarity, ensemble-weighted; selection only, so no gradient."""
     total = sum(run.guide.weights)
-    return sum(w * (e.detach() @ t.T) for w, e, t in zip(run.guide.weights, image_embeds, targets, strict=True)) / total
+    return (
+        sum(
+            w * (e.detach() @ t.T)
+            for w, e, t in zip(run.guide.weights, image_embeds, targets, strict=True)
+        )
+        / total
+    )
 
 
 def check_finite(out: dict, step: int, run: Run) -> None:
@@ -289,7 +321,9 @@ def resume_from_checkpoint(run: Run) -> None:
 
     path = Path(run.run_dir) / "checkpoint.pt"
     if not path.exists():
-        raise UserError(f"resume={run.run_dir} has no checkpoint.pt to continue from; start a new run.")
+        raise UserError(
+            f"resume={run.run_dir} has no checkpoint.pt to continue from; start a new run."
+        )
     payload = load_checkpoint_into(path, run.generator, run.optimizer)
     set_rng_state(payload["rng"])
     run.start_step = run.step = int(payload["step"])
@@ -320,8 +354,11 @@ def finish(cfg: DictConfig, run: Run, targets: list) -> float:
     from genart.images import save_png
 
     image = current_image(run)()
-    text = {"prompts": " | ".join(run.schedule.texts), "seed": str(cfg.seed),
-            "config": OmegaConf.to_yaml(cfg)}
+    text = {
+        "prompts": " | ".join(run.schedule.texts),
+        "seed": str(cfg.seed),
+        "config": OmegaConf.to_yaml(cfg),
+    }
     save_png(image, run.run_dir / "final.png", text)
     score = score_image(run, image, targets, cfg.steps - 1, cfg.score.views, cfg.score.seed)
     for callback in run.callbacks:
@@ -330,10 +367,23 @@ def finish(cfg: DictConfig, run: Run, targets: list) -> float:
     return score
 
 
-def write_result(run_dir: Path, cfg: DictConfig, meta: dict, status: str, score: float | None = None,
-                 error: str | None = None, env: dict | None = None) -> None:
+def write_result(
+    run_dir: Path,
+    cfg: DictConfig,
+    meta: dict,
+    status: str,
+    score: float | None = None,
+    error: str | None = None,
+    env: dict | None = None,
+) -> None:
     """result.json, the one record sweeps, galleries and presets read (ok and failed runs alike)."""
-    result = {"status": status, "score": None if score is None or math.isnan(score) else score,
-              "seed": cfg.get("seed"), "steps": cfg.get("steps"), "overrides": meta.get("overrides", []),
-              "error": error, **(env or {})}
+    result = {
+        "status": status,
+        "score": None if score is None or math.isnan(score) else score,
+        "seed": cfg.get("seed"),
+        "steps": cfg.get("steps"),
+        "overrides": meta.get("overrides", []),
+        "error": error,
+        **(env or {}),
+    }
     (Path(run_dir) / "result.json").write_text(json.dumps(result, indent=2))

@@ -50,7 +50,13 @@ def set_threads(threads: int | None) -> int:
 def rng_state() -> dict:
     """All RNG states, as tensors and plain Python values so `torch.load(weights_only=True)` reads them."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
-    numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]
+    numpy_state = [
+        name,
+        torch.from_numpy(keys.astype(np.int64)),
+        int(pos),
+        int(has_gauss),
+        float(gauss),
+    ]
     state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "random": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -75,7 +81,9 @@ def git_commit(path: Path | None = None) -> str:
     """The genart checkout's commit, or "unknown" outside a git checkout."""
     here = path or Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def two_blotches(width: int, height: int, base: float = 0.5, darkness: float = 0.08,
-                 radius: float = 0.18) -> torch.Tensor:
+def two_blotches(
+    width: int, height: int, base: float = 0.5, darkness: float = 0.08, radius: float = 0.18
+) -> torch.Tensor:
     """Mid grey with a slightly darker soft blotch at the centre of each half: (1, 3, H, W).
 
     The post: "two slightly darker blotches in the center of both sides ... points the

@@ -17,7 +17,10 @@ from omegaconf import DictConfig
 def read_results(sweep_dir: Path) -> list[dict]:
     """Every job's result.json (a job dir without one failed before writing anything)."""
     jobs = []
-    for job_dir in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
+    for job_dir in sorted(
+        (p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()),
+        key=lambda p: int(p.name),
+    ):
         path = job_dir / "result.json"
         if path.exists():
             result = json.loads(path.read_text())
@@ -29,8 +32,10 @@ def read_results(sweep_dir: Path) -> list[dict]:
 
 def summarise(jobs: list[dict]) -> str:
     if not jobs:
-        return ("genart sweep: no job ran. A glob() over presets sees only the top level of conf/preset; "
-                "for the Doorways catalogue sweep '+preset/doorways=glob(*)'.")
+        return (
+            "genart sweep: no job ran. A glob() over presets sees only the top level of conf/preset; "
+            "for the Doorways catalogue sweep '+preset/doorways=glob(*)'."
+        )
     failed = [j for j in jobs if j.get("status") != "ok"]
     lines = [f"genart sweep: {len(jobs) - len(failed)} of {len(jobs)} jobs succeeded."]
     for job in failed:
@@ -52,8 +57,12 @@ class SweepCallback(Callback):
             return
         jobs = read_results(sweep_dir)
         print(summarise(jobs), file=sys.stderr)
-        cli.FAILED_JOBS.extend((str(j["dir"]), j.get("error") or "") for j in jobs if j.get("status") != "ok")
-        (sweep_dir / "summary.json").write_text(json.dumps([{**j, "dir": str(j["dir"])} for j in jobs], indent=2))
+        cli.FAILED_JOBS.extend(
+            (str(j["dir"]), j.get("error") or "") for j in jobs if j.get("status") != "ok"
+        )
+        (sweep_dir / "summary.json").write_text(
+            json.dumps([{**j, "dir": str(j["dir"])} for j in jobs], indent=2)
+        )
         logger = config.get("logger")
         if logger and "Wandb" in str(logger.get("_target_", "")):
             log_tables(jobs, sweep_dir, logger)
@@ -67,16 +76,29 @@ def log_tables(jobs: list[dict], sweep_dir: Path, logger: DictConfig) -> None:
     for job in jobs:
         groups.setdefault(job_group(job["dir"]), []).append(job)
     for group, members in groups.items():
-        run = wandb.init(mode=logger.get("mode", "offline"), project=logger.get("project"),
-                         entity=logger.get("entity"), dir=str(sweep_dir), group=group,
-                         name=f"summary: {group}", job_type="sweep-summary", reinit="create_new",
-                         settings=wandb.Settings(console="off", silent=True))
+        run = wandb.init(
+            mode=logger.get("mode", "offline"),
+            project=logger.get("project"),
+            entity=logger.get("entity"),
+            dir=str(sweep_dir),
+            group=group,
+            name=f"summary: {group}",
+            job_type="sweep-summary",
+            reinit="create_new",
+            settings=wandb.Settings(console="off", silent=True),
+        )
         table = wandb.Table(columns=["thumbnail", "overrides", "seed", "score", "status", "job"])
         for job in members:
             final = Path(job["dir"]) / "final.png"
             thumb = wandb.Image(str(final)) if final.exists() else None
-            table.add_data(thumb, " ".join(job.get("overrides") or []), job.get("seed"), job.get("score"),
-                           job.get("status"), Path(job["dir"]).name)
+            table.add_data(
+                thumb,
+                " ".join(job.get("overrides") or []),
+                job.get("seed"),
+                job.get("score"),
+                job.get("status"),
+                Path(job["dir"]).name,
+            )
         run.log({"sweep": table})
         run.finish()
 

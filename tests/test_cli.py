@@ -8,21 +8,46 @@ import sys
 
 from tests.conftest import REPO
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "GENART_OFFLINE": "1", "WANDB_MODE": "offline",
-       "GENART_CACHE": "/nonexistent-genart-cache"}
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "GENART_OFFLINE": "1",
+    "WANDB_MODE": "offline",
+    "GENART_CACHE": "/nonexistent-genart-cache",
+}
 
 
 def genart(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "genart", *args], cwd=cwd, env=ENV,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "genart", *args],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_smoke_run_writes_the_full_run_dir(tmp_path):
-    out = genart("generator=vqgan_tiny", "guide=clip_tiny", "steps=4", "save_every=2", "size=[64,64]", cwd=tmp_path)
+    out = genart(
+        "generator=vqgan_tiny",
+        "guide=clip_tiny",
+        "steps=4",
+        "save_every=2",
+        "size=[64,64]",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     (run_dir,) = (tmp_path / "outputs").glob("*/*")
-    for name in ("final.png", "frames/00002.png", "frames/00004.png", "trajectory.mp4", "checkpoint.pt",
-                 ".hydra/config.yaml", "result.json"):
+    for name in (
+        "final.png",
+        "frames/00002.png",
+        "frames/00004.png",
+        "trajectory.mp4",
+        "checkpoint.pt",
+        ".hydra/config.yaml",
+        "result.json",
+    ):
         assert (run_dir / name).exists(), name
     assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb")), "an offline W&B run"
 
@@ -35,8 +60,15 @@ def test_real_defaults_without_weights_fail_fast_and_clearly(tmp_path):
 
 
 def test_user_mistakes_are_one_paragraph(tmp_path):
-    out = genart("generator=vqgan_tiny", "guide=clip_tiny", "steps=1", "size=[64,64]", "logger=none",
-                 "prompts.text=sea:abc", cwd=tmp_path)
+    out = genart(
+        "generator=vqgan_tiny",
+        "guide=clip_tiny",
+        "steps=1",
+        "size=[64,64]",
+        "logger=none",
+        "prompts.text=sea:abc",
+        cwd=tmp_path,
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert '"sea:abc"' in out.stderr
     unknown = genart("no_such_option=1", cwd=tmp_path)
@@ -47,7 +79,9 @@ def test_cfg_job_answers_without_heavy_imports(tmp_path):
     out = genart("+preset=doorway", "--cfg", "job", cwd=tmp_path)
     assert out.returncode == 0 and "semantic_symmetry" in out.stdout
     code = "import sys, genart.__main__, genart.cli, genart.app; print(sorted(m for m in ('torch', 'open_clip', 'kornia', 'wandb') if m in sys.modules))"
-    imported = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=ENV)
+    imported = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=ENV
+    )
     assert imported.stdout.strip() == "[]", imported.stdout + imported.stderr
 
 
@@ -59,7 +93,13 @@ def test_an_unsafe_shared_preset_is_refused_before_anything_runs(tmp_path):
         "losses:\n  evil:\n    _target_: os.system\n    _args_: ['touch " + str(marker) + "']\n"
     )
     env = {**ENV, "GENART_PRESETS_DIR": str(tmp_path / "shared")}
-    out = subprocess.run([sys.executable, "-m", "genart", "+preset=evil", "generator=vqgan_tiny", "guide=clip_tiny"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "genart", "+preset=evil", "generator=vqgan_tiny", "guide=clip_tiny"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2 and "os.system" in out.stderr and "Traceback" not in out.stderr
     assert not marker.exists() and not (tmp_path / "outputs").exists()

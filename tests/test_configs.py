@@ -12,7 +12,10 @@ from tests.conftest import REPO, compose
 
 GROUPS = ["generator", "guide", "cutouts", "prompts", "losses", "optimizer", "logger"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((REPO / "conf" / g).glob("*.yaml"))]
-PRESETS = sorted(str(p.relative_to(REPO / "conf/preset").with_suffix("")) for p in (REPO / "conf/preset").rglob("*.yaml"))
+PRESETS = sorted(
+    str(p.relative_to(REPO / "conf/preset").with_suffix(""))
+    for p in (REPO / "conf/preset").rglob("*.yaml")
+)
 SLOW_OPTIONS = {("guide", "clip_ensemble")}  # two ViT-B builds (~18 s); covered in test_guides
 
 
@@ -44,7 +47,9 @@ def test_every_option_composes_and_instantiates(group, option):
     elif group == "optimizer":
         import torch
 
-        assert isinstance(instantiate(node)(params=[torch.zeros(1, requires_grad=True)]), torch.optim.Optimizer)
+        assert isinstance(
+            instantiate(node)(params=[torch.zeros(1, requires_grad=True)]), torch.optim.Optimizer
+        )
     else:
         assert instantiate(node, _convert_="all") is not None
 
@@ -55,7 +60,9 @@ def test_every_preset_composes(preset):
     assert cfg.prompts._target_ == "genart.prompts.PromptSchedule"
     header = (REPO / "conf/preset" / f"{preset}.yaml").read_text().splitlines()
     assert header[0] == "# @package _global_"
-    assert any(line.startswith("# description:") for line in header[:3]), "a one-line description for `list`"
+    assert any(line.startswith("# description:") for line in header[:3]), (
+        "a one-line description for `list`"
+    )
 
 
 def test_doorway_reads_like_the_post():
@@ -75,8 +82,10 @@ def test_catalogue_wording_fixes():
     def texts(preset):
         return instantiate(compose([f"+preset=doorways/{preset}"]).prompts, _convert_="all").texts
 
-    assert texts("forest_kelp_forest") == ["entrance to the forest realm by James Gurney",
-                                           "underwater entrance to the kelp forest realm by James Gurney"]
+    assert texts("forest_kelp_forest") == [
+        "entrance to the forest realm by James Gurney",
+        "underwater entrance to the kelp forest realm by James Gurney",
+    ]
     bodhi = texts("bodhi_samsara")
     assert "enlightenment" in bodhi[0] and "the cycle of death and rebirth" in bodhi[1]
     assert all("the The" not in t for t in texts("paradise_underworld"))

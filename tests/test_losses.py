@@ -31,10 +31,16 @@ def context(image=None, e=None, t=None, W=None, stops=None, pair=None, mix=None,
     n, p = len(e), len(t)
     views = SimpleNamespace(pair=torch.full((n,), -1) if pair is None else pair)
     return LossContext(
-        step=kw.pop("step", 0), image=image, views=views, image_embeds=[e], text_embeds=[t],
-        model_weights=[1.0], W=torch.ones(n, p) if W is None else W,
+        step=kw.pop("step", 0),
+        image=image,
+        views=views,
+        image_embeds=[e],
+        text_embeds=[t],
+        model_weights=[1.0],
+        W=torch.ones(n, p) if W is None else W,
         stops=torch.full((p,), -math.inf) if stops is None else stops,
-        anchor_mix=torch.zeros(n, p) if mix is None else mix, **kw,
+        anchor_mix=torch.zeros(n, p) if mix is None else mix,
+        **kw,
     )
 
 
@@ -74,7 +80,9 @@ def test_semantic_symmetry_matches_formula_and_is_ordered():
     mix = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.1, 0.9], [0.4, 0.6]])
     value = SemanticSymmetryLoss()(context(e=e, t=t, pair=pair, mix=mix))
     offset = e - mix @ t
-    expected = torch.stack([1 - F.cosine_similarity(offset[i], offset[j], dim=0) for i, j in [(0, 2), (1, 3)]]).mean()
+    expected = torch.stack(
+        [1 - F.cosine_similarity(offset[i], offset[j], dim=0) for i, j in [(0, 2), (1, 3)]]
+    ).mean()
     assert torch.allclose(value, expected)
     # swapping which member is left changes which t each side subtracts, hence the value
     swapped = SemanticSymmetryLoss()(context(e=e[[2, 3, 0, 1]], t=t, pair=pair, mix=mix))
@@ -108,8 +116,12 @@ def test_tone_symmetry_formula():
     import kornia
 
     image = torch.rand(1, 3, 16, 16)
-    g = kornia.filters.gaussian_blur2d(kornia.color.rgb_to_grayscale(image), (13, 13), (2.0, 2.0), border_type="reflect")
-    assert torch.allclose(ToneSymmetryLoss(sigma=2.0)(context(image=image)), (g - g.flip(-1)).abs().mean())
+    g = kornia.filters.gaussian_blur2d(
+        kornia.color.rgb_to_grayscale(image), (13, 13), (2.0, 2.0), border_type="reflect"
+    )
+    assert torch.allclose(
+        ToneSymmetryLoss(sigma=2.0)(context(image=image)), (g - g.flip(-1)).abs().mean()
+    )
 
 
 def test_tv_zero_on_flat_image():

@@ -42,7 +42,12 @@ def test_suffix_and_several_prompts():
     "template, subject, entrance, expected",
     [
         ("{entrance} to the {subject} realm", "heaven", "entrance", "entrance to the heaven realm"),
-        ("{entrance} to the {subject} realm", "The Underworld", "gateway", "gateway to the Underworld realm"),
+        (
+            "{entrance} to the {subject} realm",
+            "The Underworld",
+            "gateway",
+            "gateway to the Underworld realm",
+        ),
         ("{entrance} to {subject}", "El Dorado", "archway", "archway to El Dorado"),
         ("{entrance} to {subject}", "The Shire", "gate", "gate to The Shire"),
     ],
@@ -52,10 +57,17 @@ def test_render_template(template, subject, entrance, expected):
 
 
 def test_doorway_strings():
-    s = PromptSchedule(left="heaven", right="The Underworld", template="{entrance} to the {subject} realm",
-                       entrance="entrance", suffix="by James Gurney")
-    assert s.texts == ["entrance to the heaven realm by James Gurney",
-                       "entrance to the Underworld realm by James Gurney"]
+    s = PromptSchedule(
+        left="heaven",
+        right="The Underworld",
+        template="{entrance} to the {subject} realm",
+        entrance="entrance",
+        suffix="by James Gurney",
+    )
+    assert s.texts == [
+        "entrance to the heaven realm by James Gurney",
+        "entrance to the Underworld realm by James Gurney",
+    ]
     assert all("the The" not in t for t in s.texts)
 
 
@@ -80,7 +92,9 @@ def test_every_interpolation_is_normalised(mode, anchors):
 
 
 def test_sigmoid_is_symmetric_and_sharp():
-    w = interpolate_positions(torch.tensor([-1.0, 0.0, 1.0]), torch.tensor([-1.0, 1.0]), "sigmoid", 8.0)
+    w = interpolate_positions(
+        torch.tensor([-1.0, 0.0, 1.0]), torch.tensor([-1.0, 1.0]), "sigmoid", 8.0
+    )
     assert torch.allclose(w[1], torch.tensor([0.5, 0.5]))
     assert w[0, 0] > 0.99 and w[2, 1] > 0.99
 
@@ -95,17 +109,21 @@ def test_unanchored_prompts_weigh_one_everywhere():
 def test_combined_weight_rule_by_hand():
     """W_ip = time_p · pos_ip · size_i · sel_ip · w_p on a case computed by hand."""
     s = PromptSchedule(
-        left="a", right="b", text="c:-0.5",
+        left="a",
+        right="b",
+        text="c:-0.5",
         prompts=[{"text": "d", "weight": 2.0, "start": 5, "end": 10}],
         size_weighting=lambda sizes, composition: sizes * 2,  # size(s) = 2s
     )
     v = views_at([-0.5, 1.0], sizes=[0.25, 0.5])
     W, winners = s.weights(step=3, views=v)
     # prompts order: c (everywhere), a (left), b (right), d (time window 5..10)
-    expected = torch.tensor([
-        [-0.5 * 0.5, 0.75 * 0.5, 0.25 * 0.5, 0.0],
-        [-0.5 * 1.0, 0.0, 1.0 * 1.0, 0.0],
-    ])
+    expected = torch.tensor(
+        [
+            [-0.5 * 0.5, 0.75 * 0.5, 0.25 * 0.5, 0.0],
+            [-0.5 * 1.0, 0.0, 1.0 * 1.0, 0.0],
+        ]
+    )
     assert torch.allclose(W, expected)
     assert winners is None
     W7, _ = s.weights(step=7, views=v)
@@ -121,7 +139,9 @@ def test_composition_prompts_only_on_composition_views():
 
 
 def test_story_phases():
-    s = PromptSchedule(phases=[{"start": 0, "end": 10, "text": "dawn"}, {"start": 10, "text": "dusk"}])
+    s = PromptSchedule(
+        phases=[{"start": 0, "end": 10, "text": "dawn"}, {"start": 10, "text": "dusk"}]
+    )
     v = views_at([0.0])
     assert s.weights(3, v)[0].tolist() == [[1.0, 0.0]]
     assert s.weights(12, v)[0].tolist() == [[0.0, 1.0]]

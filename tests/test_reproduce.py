@@ -15,21 +15,56 @@ pytestmark = pytest.mark.slow
 
 def test_preset_from_a_joblib_job_reproduces_it_exactly(tmp_path):
     presets = tmp_path / "my_presets"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GENART_OFFLINE": "1", "WANDB_MODE": "offline",
-           "GENART_PRESETS_DIR": str(presets)}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "GENART_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "GENART_PRESETS_DIR": str(presets),
+    }
 
     def genart(*args):
-        out = subprocess.run([sys.executable, "-m", "genart", *args], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=900)
+        out = subprocess.run(
+            [sys.executable, "-m", "genart", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert out.returncode == 0, out.stderr[-3000:]
         return out
 
-    genart("+preset=doorway", "generator=vqgan_tiny", "guide=clip_tiny", "steps=4", "size=[64,32]",
-           "logger=none", "prompts.left=forest", "seed=range(0,2)", "hydra/launcher=joblib", "-m")
+    genart(
+        "+preset=doorway",
+        "generator=vqgan_tiny",
+        "guide=clip_tiny",
+        "steps=4",
+        "size=[64,32]",
+        "logger=none",
+        "prompts.left=forest",
+        "seed=range(0,2)",
+        "hydra/launcher=joblib",
+        "-m",
+    )
     (sweep_dir,) = (tmp_path / "outputs/multirun").glob("*/*")
-    save = subprocess.run([sys.executable, "-m", "genart.presets", "save", str(sweep_dir / "1"),
-                           "--name", "forest_test", "--dir", str(presets / "preset")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True)
+    save = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "genart.presets",
+            "save",
+            str(sweep_dir / "1"),
+            "--name",
+            "forest_test",
+            "--dir",
+            str(presets / "preset"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert save.returncode == 0, save.stderr
     text = (presets / "preset/forest_test.yaml").read_text()
     assert text.startswith("# @package _global_") and "threads: 1" in text

@@ -63,7 +63,10 @@ def test_resume_reaches_the_uninterrupted_image(tmp_path, monkeypatch):
     monkeypatch.setattr(CheckpointCallback, "on_step", original)
     run_tiny(tmp_path / "cut", common, resume=True)
     assert np.array_equal(pixels(tmp_path / "whole/final.png"), pixels(tmp_path / "cut/final.png"))
-    steps = [int(line.split(",")[0]) for line in (tmp_path / "cut/stats/losses.csv").read_text().splitlines()[1:]]
+    steps = [
+        int(line.split(",")[0])
+        for line in (tmp_path / "cut/stats/losses.csv").read_text().splitlines()[1:]
+    ]
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
@@ -74,8 +77,14 @@ def test_nan_loss_stops_before_saving_and_names_the_term(tmp_path, monkeypatch):
         return ctx.image.sum() * float("nan")
 
     monkeypatch.setattr(losses.TVLoss, "forward", nan_tv)
-    overrides = ["steps=6", "save_every=2", "log_every=2", "+losses.tv._target_=genart.losses.TVLoss",
-                 "+losses.tv.weight=1.0", "+losses.tv.start=3"]
+    overrides = [
+        "steps=6",
+        "save_every=2",
+        "log_every=2",
+        "+losses.tv._target_=genart.losses.TVLoss",
+        "+losses.tv.weight=1.0",
+        "+losses.tv.start=3",
+    ]
     with pytest.raises(UserError, match="tv"):
         run_tiny(tmp_path / "nan", overrides)
     frames = sorted(p.name for p in (tmp_path / "nan/frames").iterdir())
@@ -102,7 +111,9 @@ def test_missing_init_image_is_a_user_error(tmp_path):
 
 def test_init_image_is_encoded(tmp_path):
     Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(tmp_path / "grey.png")
-    run_tiny(tmp_path / "init", ["steps=1", f"init.image={tmp_path / 'grey.png'}", "generator=pixels"])
+    run_tiny(
+        tmp_path / "init", ["steps=1", f"init.image={tmp_path / 'grey.png'}", "generator=pixels"]
+    )
     assert abs(pixels(tmp_path / "init/final.png").mean() - 200) < 10
 
 
@@ -112,9 +123,18 @@ def test_gradient_reaches_theta_from_every_loss():
     from genart.losses import LossContext
     from genart.prompts import PromptSchedule
 
-    cfg = compose(["generator=vqgan_tiny", "guide=clip_tiny", "+preset=doorway", "size=[64,64]",
-                   "+losses.tv._target_=genart.losses.TVLoss", "losses.edge_symmetry.weight=1",
-                   "losses.tone_symmetry.weight=1", "+losses.init_image._target_=genart.losses.InitImageLoss"])
+    cfg = compose(
+        [
+            "generator=vqgan_tiny",
+            "guide=clip_tiny",
+            "+preset=doorway",
+            "size=[64,64]",
+            "+losses.tv._target_=genart.losses.TVLoss",
+            "losses.edge_symmetry.weight=1",
+            "losses.tone_symmetry.weight=1",
+            "+losses.init_image._target_=genart.losses.InitImageLoss",
+        ]
+    )
     generator, guide = instantiate(cfg.generator), instantiate(cfg.guide)
     cutouts = instantiate(cfg.cutouts, cut_size=guide.input_size)
     schedule = PromptSchedule(left="a", right="b")
@@ -124,30 +144,66 @@ def test_gradient_reaches_theta_from_every_loss():
         image = generator()
         views = cutouts(image, 0)
         W, _ = schedule.weights(0, views)
-        ctx = LossContext(0, image, views, guide.encode_image(views.pixels), targets, [1.0], W,
-                          schedule.stops(), schedule.anchor_mix(views), latent=generator.latent(),
-                          init_latent=torch.zeros_like(generator.latent()))
+        ctx = LossContext(
+            0,
+            image,
+            views,
+            guide.encode_image(views.pixels),
+            targets,
+            [1.0],
+            W,
+            schedule.stops(),
+            schedule.anchor_mix(views),
+            latent=generator.latent(),
+            init_latent=torch.zeros_like(generator.latent()),
+        )
         generator.theta()[0].grad = None
         loss(ctx).backward()
         assert generator.theta()[0].grad.abs().sum() > 0, name
 
 
 def test_a_preset_switches_a_loss_off_with_null(tmp_path):
-    run_tiny(tmp_path / "off", ["+preset=doorway", "size=[64,64]", "steps=2", "log_every=1",
-                                "losses.tone_symmetry=null", "+losses.tv._target_=genart.losses.TVLoss"])
+    run_tiny(
+        tmp_path / "off",
+        [
+            "+preset=doorway",
+            "size=[64,64]",
+            "steps=2",
+            "log_every=1",
+            "losses.tone_symmetry=null",
+            "+losses.tv._target_=genart.losses.TVLoss",
+        ],
+    )
     header = (tmp_path / "off/stats/losses.csv").read_text().splitlines()[0].split(",")
-    assert "tone_symmetry" not in header and {"prompt", "semantic_symmetry", "edge_symmetry", "tv"} <= set(header)
+    assert "tone_symmetry" not in header and {
+        "prompt",
+        "semantic_symmetry",
+        "edge_symmetry",
+        "tv",
+    } <= set(header)
 
 
 def test_image_prompts(tmp_path):
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48, 3), np.uint8)).save(tmp_path / "p.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48, 3), np.uint8)).save(
+        tmp_path / "p.png"
+    )
     run_tiny(tmp_path / "img", ["steps=2", f"prompts.images=[{tmp_path / 'p.png'}:0.5]"])
     assert (tmp_path / "img/final.png").exists()
 
 
 def test_best_match_counts_cover_the_detail_views_only(tmp_path):
-    run_tiny(tmp_path / "bm", ["+preset=composition_details", "size=[64,64]", "steps=3", "log_every=1",
-                               "cutouts.cutn=8", "cutouts.composition.count=2", "cutouts.composition.end=2"])
+    run_tiny(
+        tmp_path / "bm",
+        [
+            "+preset=composition_details",
+            "size=[64,64]",
+            "steps=3",
+            "log_every=1",
+            "cutouts.cutn=8",
+            "cutouts.composition.count=2",
+            "cutouts.composition.end=2",
+        ],
+    )
     import csv
 
     rows = list(csv.DictReader((tmp_path / "bm/stats/best_match.csv").open()))
@@ -164,8 +220,17 @@ def test_best_match_counts_cover_the_detail_views_only(tmp_path):
 
 def test_refine_preset_from_an_edited_image(tmp_path):
     Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(tmp_path / "edited.png")
-    run_tiny(tmp_path / "refine", ["+preset=refine", "size=[64,64]", "steps=2", "log_every=1",
-                                   f"init.image={tmp_path / 'edited.png'}", "prompts.text=a forest"])
+    run_tiny(
+        tmp_path / "refine",
+        [
+            "+preset=refine",
+            "size=[64,64]",
+            "steps=2",
+            "log_every=1",
+            f"init.image={tmp_path / 'edited.png'}",
+            "prompts.text=a forest",
+        ],
+    )
     header = (tmp_path / "refine/stats/losses.csv").read_text().splitlines()[0]
     assert "init_image" in header
 
@@ -197,15 +262,22 @@ def test_score_ignores_negative_prompts():
 
     def cutouts(image, step):
         n = 4
-        return SimpleNamespace(pixels=torch.rand(n, 3, 4, 4), centres=torch.zeros(n, 2), sizes=torch.ones(n),
-                               pair=torch.full((n,), -1), composition=torch.zeros(n, dtype=torch.bool))
+        return SimpleNamespace(
+            pixels=torch.rand(n, 3, 4, 4),
+            centres=torch.zeros(n, 2),
+            sizes=torch.ones(n),
+            pair=torch.full((n,), -1),
+            composition=torch.zeros(n, dtype=torch.bool),
+        )
 
     def score(schedule, targets):
         run = SimpleNamespace(cutouts=cutouts, guide=Guide(), schedule=schedule)
         return score_image(run, None, [targets], step=0, n_views=8, seed=3)
 
     alone = score(PromptSchedule(text="sea"), targets_pos)
-    with_negative = score(PromptSchedule(text="sea|storm:-1"), torch.cat([targets_pos, targets_neg]))
+    with_negative = score(
+        PromptSchedule(text="sea|storm:-1"), torch.cat([targets_pos, targets_neg])
+    )
     assert alone == pytest.approx(with_negative)
 
 
@@ -219,7 +291,9 @@ def test_resume_refuses_overrides_that_change_the_run(tmp_path):
     OmegaConf.save(compose(["steps=5"]), run_dir / ".hydra/config.yaml")
     with pytest.raises(UserError, match="steps=9"):
         prepare_resume(compose(["steps=9", f"resume={run_dir}"]), ["steps=9", f"resume={run_dir}"])
-    saved, where = prepare_resume(compose(["steps=5", f"resume={run_dir}"]), ["steps=5", f"resume={run_dir}"])
+    saved, where = prepare_resume(
+        compose(["steps=5", f"resume={run_dir}"]), ["steps=5", f"resume={run_dir}"]
+    )
     assert saved.steps == 5 and where == run_dir and saved.resume == str(run_dir)
     with pytest.raises(UserError, match="not a genart run"):
         prepare_resume(compose([f"resume={tmp_path}"]), [f"resume={tmp_path}"])

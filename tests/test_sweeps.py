@@ -20,8 +20,14 @@ TINY = ["generator=vqgan_tiny", "guide=clip_tiny", "size=[64,64]"]
 
 
 def sweep(*args, cwd, timeout=900):
-    out = subprocess.run([sys.executable, "-m", "genart", *args, "-m"], cwd=cwd, env=ENV,
-                         capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(
+        [sys.executable, "-m", "genart", *args, "-m"],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     dirs = sorted((cwd / "outputs" / "multirun").glob("*/*"))
     return out, dirs[-1] if dirs else None
 
@@ -31,19 +37,25 @@ def results(sweep_dir: Path) -> dict[str, dict]:
 
 
 def test_design_card_sweep_one_wandb_group(tmp_path):
-    out, sweep_dir = sweep("+preset=doorway", *TINY, "steps=2", "prompts.left=forest", "seed=range(0,2)", cwd=tmp_path)
+    out, sweep_dir = sweep(
+        "+preset=doorway", *TINY, "steps=2", "prompts.left=forest", "seed=range(0,2)", cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert set(results(sweep_dir)) == {"0", "1"}
     group = "+preset=doorway,generator=vqgan_tiny,guide=clip_tiny,prompts.left=forest,size=[64,64],steps=2"
     for job in ("0", "1"):
         (wandb_file,) = (sweep_dir / job / "wandb").glob("offline-run-*/run-*.wandb")
-        assert group.encode() in wandb_file.read_bytes(), "the runs of one wording share a W&B group"
+        assert group.encode() in wandb_file.read_bytes(), (
+            "the runs of one wording share a W&B group"
+        )
     summary_runs = list((sweep_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(summary_runs) == 1 and b"sweep" in summary_runs[0].read_bytes()
 
 
 def test_a_failing_job_does_not_stop_the_others(tmp_path):
-    out, sweep_dir = sweep(*TINY, "steps=1", "logger=none", "prompts.text=sea,sea:abc,ship", cwd=tmp_path)
+    out, sweep_dir = sweep(
+        *TINY, "steps=1", "logger=none", "prompts.text=sea,sea:abc,ship", cwd=tmp_path
+    )
     assert out.returncode != 0
     status = {job: r["status"] for job, r in results(sweep_dir).items()}
     assert status == {"0": "ok", "1": "failed", "2": "ok"}
@@ -53,26 +65,52 @@ def test_a_failing_job_does_not_stop_the_others(tmp_path):
 
 
 def test_joblib_sweep(tmp_path):
-    out, sweep_dir = sweep(*TINY, "steps=2", "logger=none", "seed=range(0,2)", "hydra/launcher=joblib", cwd=tmp_path)
+    out, sweep_dir = sweep(
+        *TINY, "steps=2", "logger=none", "seed=range(0,2)", "hydra/launcher=joblib", cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert [r["threads"] for r in results(sweep_dir).values()] == [1, 1]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None,
-                    reason="needs the ray extra: pip install -e '.[ray]'")
+@pytest.mark.skipif(
+    importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None,
+    reason="needs the ray extra: pip install -e '.[ray]'",
+)
 def test_ray_sweep_on_a_local_cluster(tmp_path):
     ray_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Unix socket paths max ~107 chars
     ray = str(Path(sys.executable).parent / "ray")
-    start = subprocess.run([ray, "start", "--head", "--num-cpus=2", "--include-dashboard=false",
-                            f"--temp-dir={ray_dir}", "--disable-usage-stats"],
-                           env=ENV, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    start = subprocess.run(
+        [
+            ray,
+            "start",
+            "--head",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            f"--temp-dir={ray_dir}",
+            "--disable-usage-stats",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert start.returncode == 0, start.stderr[-2000:]
     try:
-        out, sweep_dir = sweep(*TINY, "steps=2", "logger=none", "seed=range(0,2)", "hydra/launcher=ray",
-                               "+hydra.launcher.ray.init.address=auto",
-                               "+hydra.launcher.ray.init.object_store_memory=null", cwd=tmp_path)
+        out, sweep_dir = sweep(
+            *TINY,
+            "steps=2",
+            "logger=none",
+            "seed=range(0,2)",
+            "hydra/launcher=ray",
+            "+hydra.launcher.ray.init.address=auto",
+            "+hydra.launcher.ray.init.object_store_memory=null",
+            cwd=tmp_path,
+        )
         assert out.returncode == 0, out.stderr[-3000:]
-        assert {r["status"] for r in results(sweep_dir).values()} == {"ok"} and len(results(sweep_dir)) == 2
+        assert {r["status"] for r in results(sweep_dir).values()} == {"ok"} and len(
+            results(sweep_dir)
+        ) == 2
     finally:
         subprocess.run([ray, "stop", "--force"], env=ENV, capture_output=True, timeout=120)
 
@@ -83,15 +121,29 @@ def test_slurm_launcher_composes():
 
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["hydra/launcher=slurm_gpu"], return_hydra_config=True)
+        cfg = compose(
+            config_name="config", overrides=["hydra/launcher=slurm_gpu"], return_hydra_config=True
+        )
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.gpus_per_node == 1
 
 
 def test_every_preset_runs_two_steps_in_one_sweep(tmp_path):
-    presets = sorted(str(p.relative_to(REPO / "conf/preset").with_suffix(""))
-                     for p in (REPO / "conf/preset").rglob("*.yaml") if p.stem != "refine")
-    out, sweep_dir = sweep("+preset=" + ",".join(presets), "generator=vqgan_tiny", "guide=clip_tiny", "steps=2",
-                           "logger=none", "size=[64,32]", "cutouts.cutn=4", cwd=tmp_path, timeout=1500)
+    presets = sorted(
+        str(p.relative_to(REPO / "conf/preset").with_suffix(""))
+        for p in (REPO / "conf/preset").rglob("*.yaml")
+        if p.stem != "refine"
+    )
+    out, sweep_dir = sweep(
+        "+preset=" + ",".join(presets),
+        "generator=vqgan_tiny",
+        "guide=clip_tiny",
+        "steps=2",
+        "logger=none",
+        "size=[64,32]",
+        "cutouts.cutn=4",
+        cwd=tmp_path,
+        timeout=1500,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert len(results(sweep_dir)) == len(presets)

@@ -29,7 +29,11 @@ class VideoCallback(Callback):
         self.run_dir = Path(run.run_dir)
 
     def on_end(self, state: dict) -> None:
-        write_video(sorted((self.run_dir / "frames").glob("*.png")), self.run_dir / "trajectory.mp4", self.fps)
+        write_video(
+            sorted((self.run_dir / "frames").glob("*.png")),
+            self.run_dir / "trajectory.mp4",
+            self.fps,
+        )
 
 
 def write_video(frames: list[Path], path: Path, fps: int) -> None:
@@ -37,8 +41,14 @@ def write_video(frames: list[Path], path: Path, fps: int) -> None:
 
     if not frames:
         return
-    with imageio.get_writer(path, fps=fps, codec="libx264", macro_block_size=1,
-                            ffmpeg_log_level="error", pixelformat="yuv420p") as writer:
+    with imageio.get_writer(
+        path,
+        fps=fps,
+        codec="libx264",
+        macro_block_size=1,
+        ffmpeg_log_level="error",
+        pixelformat="yuv420p",
+    ) as writer:
         for frame in frames:
             rgb = imageio.imread(frame)[..., :3]
             pad = ((0, rgb.shape[0] % 2), (0, rgb.shape[1] % 2), (0, 0))  # yuv420p needs even sides

@@ -99,7 +99,13 @@ class StatsCallback(Callback):
             writer.writerow(["x_bin_centre", "views", *self.texts])
             for b in range(self.x_bins):
                 centre = -1 + (2 * b + 1) / self.x_bins
-                writer.writerow([f"{centre:.3f}", int(self.pos_count[b]), *(f"{v:.4f}" for v in mean[b].tolist())])
+                writer.writerow(
+                    [
+                        f"{centre:.3f}",
+                        int(self.pos_count[b]),
+                        *(f"{v:.4f}" for v in mean[b].tolist()),
+                    ]
+                )
 
 
 def append_csv(path: Path, row: dict) -> None:

@@ -15,8 +15,13 @@ from genart.callbacks import Callback
 
 
 class WandbCallback(Callback):
-    def __init__(self, mode: str = "offline", project: str = "genart", entity: str | None = None,
-                 log_images: bool = True):
+    def __init__(
+        self,
+        mode: str = "offline",
+        project: str = "genart",
+        entity: str | None = None,
+        log_images: bool = True,
+    ):
         self.mode, self.project, self.entity, self.log_images = mode, project, entity, log_images
 
     def on_start(self, run) -> None:
@@ -29,9 +34,17 @@ class WandbCallback(Callback):
         os.environ.setdefault("WANDB_SILENT", "true")
         self.wandb = wandb
         self.run = wandb.init(
-            mode=self.mode, project=self.project, entity=self.entity, dir=str(self.run_dir),
-            id=run_id, resume="allow", config=run.config, group=run.meta.get("group"),
-            name=run.meta.get("name"), tags=run.meta.get("tags"), job_type="render",
+            mode=self.mode,
+            project=self.project,
+            entity=self.entity,
+            dir=str(self.run_dir),
+            id=run_id,
+            resume="allow",
+            config=run.config,
+            group=run.meta.get("group"),
+            name=run.meta.get("name"),
+            tags=run.meta.get("tags"),
+            job_type="render",
             settings=wandb.Settings(console="off", silent=True),
         )
 
@@ -43,7 +56,9 @@ class WandbCallback(Callback):
         if self.log_images:
             from genart.images import to_pil
 
-            row["image"] = self.wandb.Image(to_pil(state["image"]()), caption=f"step {state['step']}")
+            row["image"] = self.wandb.Image(
+                to_pil(state["image"]()), caption=f"step {state['step']}"
+            )
         self.run.log(row, step=state["step"])
 
     def on_abort(self) -> None:
@@ -55,11 +70,15 @@ class WandbCallback(Callback):
         if final.exists():
             summary["final_image"] = self.wandb.Image(str(final))
         if video.exists():
-            self.run.log({"trajectory": self.wandb.Video(str(video), format="mp4")}, step=state["step"])
+            self.run.log(
+                {"trajectory": self.wandb.Video(str(video), format="mp4")}, step=state["step"]
+            )
         totals = self.run_dir / "stats" / "best_match_totals.csv"
         if totals.exists():
             with totals.open() as f:
                 rows = list(csv.reader(f))
-            self.run.log({"best_match": self.wandb.Table(columns=rows[0], data=rows[1:])}, step=state["step"])
+            self.run.log(
+                {"best_match": self.wandb.Table(columns=rows[0], data=rows[1:])}, step=state["step"]
+            )
         self.run.summary.update(summary)
         self.run.finish()
