@@ -26,8 +26,14 @@ DENY = ("genart.presets.", "genart.safety.", "genart.cli.")  # tools that write 
 PRESET_GROUP = "preset"
 OVERRIDE = re.compile(r"^(\+\+|\+|~)?([\w./-]+?)(@[\w.-]*)?=(.*)$")  # prefix, key, @package, value
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
-# oc.decode / oc.create build config nodes from text, so they could assemble a hidden `_target_`.
-_NODE_BUILDERS = ("oc.decode", "oc.create")
+# Resolvers a shared preset may not use, and why.
+_BUILDS = "can build config nodes (and so a hidden `_target_`) from text"
+_REFUSED_RESOLVERS = {
+    "oc.decode": _BUILDS,
+    "oc.create": _BUILDS,
+    "oc.env": "reads an environment variable (a token or password would be copied into the "
+    "run's config, its W&B run and any preset saved from it)",
+}
 _DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
@@ -181,11 +187,11 @@ def _walk(node: Any, key: str, path: Path, allow: tuple[str, ...]) -> None:
     elif isinstance(node, list):
         for i, v in enumerate(node):
             _walk(v, f"{key}[{i}]", path, allow)
-    elif isinstance(node, str) and (word := next((w for w in _NODE_BUILDERS if w in node), "")):
+    elif isinstance(node, str) and (word := next((w for w in _REFUSED_RESOLVERS if w in node), "")):
         raise UserError(
-            f"Refusing preset file {path}: `{key}` contains `{word}`, which can build config "
-            f"nodes (and so a hidden `_target_`) from text. Write the values out plainly, or move "
-            f"this setting into your own config if you trust it."
+            f"Refusing preset file {path}: `{key}` contains `{word}`, which "
+            f"{_REFUSED_RESOLVERS[word]}. Write the values out plainly, or move this setting into "
+            f"your own config if you trust it."
         )
 
 

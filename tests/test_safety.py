@@ -52,6 +52,7 @@ EVIL = {
     "private": ("x: {_target_: genart.presets._git_commit}", "not a plain dotted name"),
     "tool": ("x: {_target_: genart.presets.main, _args_: [[save]]}", "`genart.presets.main`"),
     "decode": ("x: \"${oc.decode:'{a: 1}'}\"", "oc.decode"),
+    "env": ("prompts: {text: '${oc.env:WANDB_API_KEY}'}", "reads an environment variable"),
     "not_yaml": ("x: !!python/object/apply:os.system [ls]", "not plain YAML"),
 }
 
