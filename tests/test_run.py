@@ -68,6 +68,10 @@ def test_resume_reaches_the_uninterrupted_image(tmp_path, monkeypatch):
         for line in (tmp_path / "cut/stats/losses.csv").read_text().splitlines()[1:]
     ]
     assert steps == [1, 2, 3, 4, 5, 6]
+    for name in ("positional.csv", "losses.csv"):  # the statistics continue, not restart
+        assert (tmp_path / "cut/stats" / name).read_text() == (
+            tmp_path / "whole/stats" / name
+        ).read_text()
 
 
 def test_nan_loss_stops_before_saving_and_names_the_term(tmp_path, monkeypatch):

@@ -1,7 +1,9 @@
 """stats/: loss terms per logged step, best-match wins per step, positional weight per x-bin.
 
 Counts accumulate on the device every step and are read back only on logging steps (no host
-synchronisation in the hot path).
+synchronisation in the hot path). On every save step the positional sums go to
+stats/positional_state.pt and positional.csv is rewritten, so an interrupted run keeps its
+statistics and a resumed one continues them from the checkpoint's step.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class StatsCallback(Callback):
         self.wins: list[tuple[int, torch.Tensor]] = []  # (step, (P,) views won) not yet written
         self.best_views: list[tuple[int, torch.Tensor]] = []  # select=all: best view per prompt
         self.pos_sum = self.pos_count = None
+        if run.start_step:
+            self._load_positional(run.start_step)
         truncate_csv(self.dir / "losses.csv", run.start_step)
         truncate_csv(self.dir / "best_match.csv", run.start_step)
 
@@ -35,6 +39,9 @@ class StatsCallback(Callback):
         if state["log"]:
             self._write_losses(state)
             self._flush_wins()
+        if state["save"]:
+            self._save_positional(state["step"])
+            self._write_positional()
 
     def on_end(self, state: dict) -> None:
         self._flush_wins()
@@ -56,6 +63,20 @@ class StatsCallback(Callback):
             self.pos_count = W.new_zeros(self.x_bins)
         self.pos_sum.index_add_(0, bins, W[detail].abs())
         self.pos_count.index_add_(0, bins, torch.ones_like(bins, dtype=W.dtype))
+
+    # -- resume -------------------------------------------------------------------------------
+    def _save_positional(self, step: int) -> None:
+        if self.pos_sum is not None:
+            state = {"step": step, "sum": self.pos_sum.cpu(), "count": self.pos_count.cpu()}
+            torch.save(state, self.dir / "positional_state.pt")
+
+    def _load_positional(self, step: int) -> None:
+        path = self.dir / "positional_state.pt"
+        if not path.exists():
+            return
+        state = torch.load(path, weights_only=True)
+        if state["step"] == step and state["sum"].shape[0] == self.x_bins:
+            self.pos_sum, self.pos_count = state["sum"], state["count"]
 
     # -- writing ------------------------------------------------------------------------------
     def _write_losses(self, state: dict) -> None:
