@@ -52,10 +52,18 @@ def build(cfg: DictConfig, run: Run) -> None:
     from hydra.utils import instantiate
 
     from genart.precision import apply_precision, compile_models, resolve_precision
-    from genart.runtime import environment, pick_device, seed_everything, set_threads
+    from genart.runtime import (
+        environment,
+        keep_freed_memory,
+        pick_device,
+        seed_everything,
+        set_threads,
+    )
 
     threads = set_threads(cfg.get("threads"))
     device = pick_device(cfg.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     precision = resolve_precision(cfg.precision, device)
     run.env = environment(device, precision, threads)
     seed_everything(cfg.seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 
@@ -148,3 +149,10 @@ def test_compile_runs_and_keeps_the_loss():
         run, targets, _ = bench.build_genart({**TINY, "compile": compiled})
         losses.append([float(guided_step(run, i, targets, {})["total"].detach()) for i in range(2)])
     assert losses[1] == pytest.approx(losses[0], rel=2e-2)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only")
+def test_glibc_takes_the_allocator_settings():
+    from genart.runtime import keep_freed_memory
+
+    assert keep_freed_memory()  # mallopt rejects out-of-range values with 0
