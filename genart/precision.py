@@ -48,7 +48,12 @@ def apply_precision(modules: Iterable[object], precision: str) -> None:
 
 
 def compile_models(modules: Iterable[object]) -> None:
-    """torch.compile each model's hot part (`compile_hot`); the first step pays the compile."""
+    """torch.compile each part's hot code (`compile_hot`); the first steps pay the compile.
+
+    Measured per part (genart.bench --compile, 256², 2 CPU threads, bf16): CLIP's image tower
+    1.02 → 0.95 s and the cutouts' augmentation kernels 0.47 → 0.40 s forward + backward, while
+    the compiled VQGAN decoder was slower (0.85 → 1.03 s), so it has no hook and stays eager.
+    """
     for module in modules:
         hook = getattr(module, "compile_hot", None)
         if callable(hook):

@@ -71,11 +71,11 @@ def build(cfg: DictConfig, run: Run) -> None:
     run.guide = instantiate(cfg.guide).to(device)
     run.autocast = autocast_for(device, precision, run.generator)
     apply_precision([run.generator, run.guide], precision)
-    if cfg.get("compile"):
-        compile_models([run.generator, run.guide])
     run.cutouts = instantiate(
         cfg.cutouts, cut_size=cfg.cutouts.get("cut_size") or run.guide.input_size
     )
+    if cfg.get("compile"):
+        compile_models([run.generator, run.guide, run.cutouts])
     run.schedule = instantiate(cfg.prompts, _convert_="all")
     run.losses = {
         name: instantiate(node).to(device) for name, node in cfg.losses.items() if node is not None

@@ -372,3 +372,12 @@ def test_yaml_configs_instantiate_with_kornia_augmentations(name):
     views = cutouts(torch.rand(1, 3, 48, 64), step=0)
     assert views.pixels.shape[1:] == (3, 32, 32)
     assert len(views) == 32 + (4 if name == "composition" else 0)
+
+
+def test_compile_uses_only_the_augmentations_own_kernel_compile():
+    from genart.cutouts import compile_augmentations
+
+    jitter, affine = K.ColorJitter(0.1, 0.1, 0.1, 0.1, p=0.7), K.RandomAffine(15, p=0.7)
+    compile_augmentations([jitter, affine])
+    assert jitter._compile_kwargs is not None  # kornia compiled its pixel kernels (lazily)
+    assert getattr(affine, "_compiled_call_impl", None) is None  # sampling + warp stay eager

@@ -223,10 +223,6 @@ class VQGANGenerator(Generator):
         self.dtype = dtype
         self.layout = torch.channels_last if dtype == torch.float32 else torch.contiguous_format
 
-    def compile_hot(self) -> None:
-        """torch.compile the decoder (fuses GroupNorm + swish; the first call compiles)."""
-        self.model.decoder.compile()
-
     def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
         """Any latent (B, D, h, w) → image (B, 3, H, W) in [0, 1], quantised straight-through."""
         z_q = quantize_st(z, self.codebook).contiguous(memory_format=self.layout)
