@@ -176,3 +176,16 @@ def test_full_yaml_matches_imagenet_f16_16384():
     gen = instantiate(cfg.generator)
     assert gen.factor == 16 and gen.z.shape == (1, 256, 16, 16)
     assert sum(p.numel() for p in gen.model.parameters()) == pytest.approx(76.1e6, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "layout"),
+    [(torch.float32, torch.channels_last), (torch.bfloat16, torch.contiguous_format)],
+)
+def test_decoder_runs_in_the_layout_measured_fastest_for_its_dtype(dtype, layout):
+    gen = tiny()
+    gen.set_precision(dtype)
+    seen = []
+    gen.model.post_quant_conv.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    gen()
+    assert seen[0].is_contiguous(memory_format=layout)

@@ -186,7 +186,6 @@ class VQGANGenerator(Generator):
         width, height = self.size
         self.z = nn.Parameter(self.random_latent(height // self.factor, width // self.factor))
         self.dtype = torch.float32  # the decoder's compute dtype (set_precision)
-        self.layout = torch.channels_last  # the decoder's memory format (set_precision)
 
     @property
     def codebook(self) -> torch.Tensor:
@@ -221,11 +220,14 @@ class VQGANGenerator(Generator):
         codebook, the encoder and the output clamp stay fp32.
         """
         self.dtype = dtype
-        self.layout = torch.channels_last if dtype == torch.float32 else torch.contiguous_format
+
+    def decoder_layout(self) -> torch.memory_format:
+        """The memory format that measured fastest for the decoder at its dtype (set_precision)."""
+        return torch.channels_last if self.dtype == torch.float32 else torch.contiguous_format
 
     def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
         """Any latent (B, D, h, w) → image (B, 3, H, W) in [0, 1], quantised straight-through."""
-        z_q = quantize_st(z, self.codebook).contiguous(memory_format=self.layout)
+        z_q = quantize_st(z, self.codebook).contiguous(memory_format=self.decoder_layout())
         reduced = self.dtype != torch.float32
         with torch.autocast(z_q.device.type, self.dtype) if reduced else contextlib.nullcontext():
             dec = self.model.decoder(self.model.post_quant_conv(z_q))  # (B, 3, H, W) in ~[-1, 1]
