@@ -30,7 +30,7 @@ class StatsCallback(Callback):
         self.best_views: list[tuple[int, torch.Tensor]] = []  # select=all: best view per prompt
         self.pos_sum = self.pos_count = None
         if run.start_step:
-            self._load_positional(run.start_step)
+            self._load_positional(run.start_step, run.env["device"])
         truncate_csv(self.dir / "losses.csv", run.start_step)
         truncate_csv(self.dir / "best_match.csv", run.start_step)
 
@@ -70,11 +70,11 @@ class StatsCallback(Callback):
             state = {"step": step, "sum": self.pos_sum.cpu(), "count": self.pos_count.cpu()}
             torch.save(state, self.dir / "positional_state.pt")
 
-    def _load_positional(self, step: int) -> None:
+    def _load_positional(self, step: int, device: str) -> None:
         path = self.dir / "positional_state.pt"
         if not path.exists():
             return
-        state = torch.load(path, weights_only=True)
+        state = torch.load(path, weights_only=True, map_location=device)  # where W accumulates
         if state["step"] == step and state["sum"].shape[0] == self.x_bins:
             self.pos_sum, self.pos_count = state["sum"], state["count"]
 
