@@ -179,8 +179,9 @@ class Recorder:
 
 # Gradient tolerance, as a share of max|g|. Without augmentations the loops agree to ~1e-5.
 # With them, ColorJitter's HSV round trip takes its gradient through the largest channel of
-# each pixel, so fp32 rounding (grid_sample coordinates vs genart's resampling weights, ~1e-5 px) can move a
-# pixel's gradient: measured 0.4-0.7 % of max|g| at cos 0.99999; the loss still agrees to 1e-7.
+# each pixel, so fp32 rounding (grid_sample coordinates vs genart's resampling weights,
+# ~1e-5 px) can move a pixel's gradient: measured 0.4-0.7 % of max|g| at cos 0.99999; the loss
+# still agrees to 1e-7.
 TOLERANCE = {"off": 1e-4, "on": 2e-2}
 
 

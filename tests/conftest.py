@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,20 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 REPO = Path(__file__).resolve().parents[1]
+OFFLINE = {"HF_HUB_OFFLINE": "1", "GENART_OFFLINE": "1", "WANDB_MODE": "offline"}
 TINY = ["generator=vqgan_tiny", "guide=clip_tiny", "logger=none"]
+
+
+def cli(module: str, *args: str, cwd: Path, env: dict | None = None, timeout: float = 600):
+    """`python -m <module> <args>` as a user runs it: a subprocess, offline, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env={**os.environ, **OFFLINE, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def compose(overrides: list[str]):

@@ -6,26 +6,14 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from tests.conftest import OFFLINE, REPO, cli
 
-ENV = {
-    **os.environ,
-    "HF_HUB_OFFLINE": "1",
-    "GENART_OFFLINE": "1",
-    "WANDB_MODE": "offline",
-    "GENART_CACHE": "/nonexistent-genart-cache",
-}
+NO_CACHE = {"GENART_CACHE": "/nonexistent-genart-cache"}
+ENV = {**os.environ, **OFFLINE, **NO_CACHE}
 
 
 def genart(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "genart", *args],
-        cwd=cwd,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return cli("genart", *args, cwd=cwd, env=NO_CACHE)
 
 
 def test_smoke_run_writes_the_full_run_dir(tmp_path):
@@ -92,13 +80,13 @@ def test_an_unsafe_shared_preset_is_refused_before_anything_runs(tmp_path):
         "# @package _global_\n"
         "losses:\n  evil:\n    _target_: os.system\n    _args_: ['touch " + str(marker) + "']\n"
     )
-    env = {**ENV, "GENART_PRESETS_DIR": str(tmp_path / "shared")}
-    out = subprocess.run(
-        [sys.executable, "-m", "genart", "+preset=evil", "generator=vqgan_tiny", "guide=clip_tiny"],
+    out = cli(
+        "genart",
+        "+preset=evil",
+        "generator=vqgan_tiny",
+        "guide=clip_tiny",
         cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
+        env={**NO_CACHE, "GENART_PRESETS_DIR": str(tmp_path / "shared")},
         timeout=300,
     )
     assert out.returncode == 2 and "os.system" in out.stderr and "Traceback" not in out.stderr

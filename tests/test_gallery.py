@@ -4,9 +4,6 @@ import contextlib
 import functools
 import http.server
 import json
-import os
-import subprocess
-import sys
 import threading
 from html.parser import HTMLParser
 from pathlib import Path
@@ -17,8 +14,8 @@ import pytest
 from PIL import Image
 
 from genart.gallery import build_gallery, main, read_job, save_trajectory
+from tests.conftest import REPO, cli
 
-REPO = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 SCORES = [0.1, 0.3, 0.2]  # jobs 0, 1, 2; job 3 fails
 HOSTILE = "prompts.left='<script>alert(1)</script> & \"co\"'"
@@ -166,14 +163,9 @@ def test_not_a_sweep_exits_2_with_message(tmp_path: Path, sweep: Path, layout: s
 
 
 def test_cli_prints_index_and_exits_2_on_bad_dir(sweep: Path, tmp_path: Path):
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
-    cli = [sys.executable, "-m", "genart.gallery"]
-    ok = subprocess.run([*cli, str(sweep)], capture_output=True, text=True, env=env)
+    ok = cli("genart.gallery", str(sweep), cwd=REPO)
     assert ok.returncode == 0 and ok.stdout.strip() == str(sweep / "index.html")
-    bad = subprocess.run([*cli, str(tmp_path)], capture_output=True, text=True, env=env)
+    bad = cli("genart.gallery", str(tmp_path), cwd=REPO)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
 

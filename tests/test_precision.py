@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,7 +11,7 @@ import torch
 from genart import bench
 from genart.errors import UserError
 from genart.precision import resolve_precision
-from tests.conftest import REPO, compose
+from tests.conftest import REPO, cli, compose
 
 TINY = {
     "steps": 1,
@@ -111,10 +109,7 @@ def test_precision_auto_is_fp32_on_cpu_and_unknown_names_fail():
 @pytest.mark.slow
 def test_bench_cli_writes_the_report(tmp_path):
     out = tmp_path / "bench.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "genart.bench",
+    args = [
         "--generator",
         "vqgan_tiny",
         "--guide",
@@ -131,7 +126,7 @@ def test_bench_cli_writes_the_report(tmp_path):
         "--json",
         str(out),
     ]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = cli("genart.bench", *args, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["parity"]["pass"] and report["ratio"] > 0

@@ -2,36 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 from PIL import Image
+
+from tests.conftest import cli
 
 pytestmark = pytest.mark.slow
 
 
 def test_preset_from_a_joblib_job_reproduces_it_exactly(tmp_path):
     presets = tmp_path / "my_presets"
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "GENART_OFFLINE": "1",
-        "WANDB_MODE": "offline",
-        "GENART_PRESETS_DIR": str(presets),
-    }
+    env = {"GENART_PRESETS_DIR": str(presets)}
 
     def genart(*args):
-        out = subprocess.run(
-            [sys.executable, "-m", "genart", *args],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
+        out = cli("genart", *args, cwd=tmp_path, env=env, timeout=900)
         assert out.returncode == 0, out.stderr[-3000:]
         return out
 
@@ -48,22 +33,16 @@ def test_preset_from_a_joblib_job_reproduces_it_exactly(tmp_path):
         "-m",
     )
     (sweep_dir,) = (tmp_path / "outputs/multirun").glob("*/*")
-    save = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "genart.presets",
-            "save",
-            str(sweep_dir / "1"),
-            "--name",
-            "forest_test",
-            "--dir",
-            str(presets / "preset"),
-        ],
+    save = cli(
+        "genart.presets",
+        "save",
+        str(sweep_dir / "1"),
+        "--name",
+        "forest_test",
+        "--dir",
+        str(presets / "preset"),
         cwd=tmp_path,
         env=env,
-        capture_output=True,
-        text=True,
     )
     assert save.returncode == 0, save.stderr
     text = (presets / "preset/forest_test.yaml").read_text()

@@ -12,22 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import OFFLINE, REPO, cli
 
 pytestmark = pytest.mark.slow
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "GENART_OFFLINE": "1", "WANDB_MODE": "offline"}
+ENV = {**os.environ, **OFFLINE}
 TINY = ["generator=vqgan_tiny", "guide=clip_tiny", "size=[64,64]"]
 
 
 def sweep(*args, cwd, timeout=900):
-    out = subprocess.run(
-        [sys.executable, "-m", "genart", *args, "-m"],
-        cwd=cwd,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    out = cli("genart", *args, "-m", cwd=cwd, timeout=timeout)
     dirs = sorted((cwd / "outputs" / "multirun").glob("*/*"))
     return out, dirs[-1] if dirs else None
 
