@@ -44,8 +44,7 @@ class StatsCallback(Callback):
             self._write_positional()
 
     def on_end(self, state: dict) -> None:
-        self._flush_wins()
-        self._write_positional()
+        self._flush_wins()  # positional.csv was written at the last step, always a save step
         self._write_totals()
 
     # -- accumulation (on device) -------------------------------------------------------------
