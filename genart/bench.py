@@ -219,7 +219,7 @@ def parity_once(s: dict, augmentations: str) -> dict:
     ).detach()
     result = compare(loss, grad, plain_loss, plain.z.grad, TOLERANCE[augmentations])
     if s["precision"] != "fp32":  # the reduced-precision gradient from the same start, for info
-        apply_precision([run.generator, run.guide], s["precision"])
+        apply_precision([run.generator, run.guide, run.cutouts], s["precision"])
         with torch.no_grad():
             run.generator.latent().copy_(z0)
         torch.set_rng_state(rng)

@@ -219,6 +219,15 @@ class Cutouts(nn.Module):
         self.mirrored, self.flip_right = mirrored, flip_right
         self.augmentations = nn.ModuleList(list(augmentations or []))
         self.composition = composition
+        self.dtype = torch.float32  # the resampling products' (set_precision)
+
+    def set_precision(self, dtype: torch.dtype) -> None:
+        """Resample the crops in `dtype` (genart.resample); augmentations and noise stay fp32.
+
+        32 views of 224² from 256², bf16: 0.12 → 0.03 s of matrix products per step (2-core
+        CPU). The windows of `composition`, one resample per step, stay in the image's dtype.
+        """
+        self.dtype = dtype
 
     def compile_hot(self) -> None:
         """compile=true: the augmentations' own kernel-level compile (compile_augmentations)."""
@@ -248,7 +257,8 @@ class Cutouts(nn.Module):
         """cutn independent crops."""
         h, w = image.shape[-2:]
         boxes = sample_boxes(h, w, self.cutn, size, self.cut_pow)  # (N, 4)
-        pixels = augment(resample_crops(image, boxes, size), self.augmentations)  # (N, 3, S, S)
+        crops = resample_crops(image, boxes, size, self.dtype)  # (N, 3, S, S)
+        pixels = augment(crops, self.augmentations)
         if self.noise > 0:
             pixels = clamp_straight_through(pixels + sample_noise(pixels, self.noise))
         return crop_views(pixels, boxes, h, w, torch.full((self.cutn,), -1))
@@ -259,7 +269,7 @@ class Cutouts(nn.Module):
         k = self.cutn // 2
         left = left_members(sample_boxes(h, w, k, size, self.cut_pow), w)  # (k, 4)
         boxes = torch.cat([left, mirror_boxes(left, w)])  # (2k, 4): [L0..Lk-1, R0..Rk-1]
-        crops = resample_crops(image, boxes, size)  # (2k, 3, S, S)
+        crops = resample_crops(image, boxes, size, self.dtype)  # (2k, 3, S, S)
         a, b = augment_mirrored(crops[:k], crops[k:].flip(-1), self.augmentations)  # left frame
         if self.noise > 0:
             noise = sample_noise(a, self.noise)  # one draw per pair, mirrored onto the right

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genart.errors import UserError
+from genart.vit import speed_up
 
 
 def _plain(node: Any) -> Any:
@@ -100,55 +101,6 @@ def _quiet_root_log():
         root.setLevel(level)
 
 
-def use_sequence_first(transformer: nn.Module) -> None:
-    """Run open_clip's batch-first attention blocks sequence-first (as OpenAI's CLIP does).
-
-    Batch-first blocks hand nn.MultiheadAttention a transposed view, whose in-projection then
-    runs as a batched matmul over a copied, expanded weight: ViT-B/32 forward + backward on 32
-    views, 2-core CPU, took 3.65 s in bf16 against 1.42 s sequence-first (fp32: 4.23 / 4.05 s).
-    The same sums, in contiguous (L, N, D) matmuls.
-    """
-    blocks = list(getattr(transformer, "resblocks", []))
-    plain = all(isinstance(getattr(b, "attn", None), nn.MultiheadAttention) for b in blocks)
-    if not (blocks and plain and getattr(transformer, "batch_first", False)):
-        return
-    transformer.batch_first = False
-    for block in blocks:
-        block.attn.batch_first = False
-
-
-class PatchEmbedding(nn.Module):
-    """A ViT's stride-p, p×p, bias-free patch convolution as one matmul over flattened patches.
-
-    The same sums as the convolution, whose CPU backward to the pixels is slow: ViT-B/32 on 32
-    views, bf16 forward + backward 1.33 → 1.17 s. Output (N, D, H/p, W/p) like the conv's.
-    """
-
-    def __init__(self, conv: nn.Conv2d) -> None:
-        super().__init__()
-        self.weight = conv.weight  # (D, C, p, p): state_dict keys stay those of the conv
-        self.patch = conv.kernel_size[0]
-
-    @staticmethod
-    def fits(conv: nn.Module) -> bool:
-        return (
-            isinstance(conv, nn.Conv2d)
-            and conv.bias is None
-            and conv.groups == 1
-            and conv.kernel_size[0] == conv.kernel_size[1] == conv.stride[0] == conv.stride[1]
-            and conv.padding in ((0, 0), "valid")
-            and conv.dilation == (1, 1)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        p, d = self.patch, self.weight.shape[0]
-        patches = x.reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
-        flat = patches.reshape(n, (h // p) * (w // p), c * p * p)  # (N, L, C·p·p)
-        out = flat @ self.weight.view(d, -1).T  # (N, L, D)
-        return out.view(n, h // p, w // p, d).permute(0, 3, 1, 2)  # (N, D, h, w)
-
-
 class CLIPModel(nn.Module):
     """One frozen open_clip model; gradients flow to the pixels, never to its weights."""
 
@@ -210,15 +162,14 @@ class CLIPModel(nn.Module):
         return next(self.model.visual.parameters()).dtype
 
     def set_precision(self, dtype: torch.dtype) -> None:
-        """Cast the frozen image tower to `dtype` (faster than autocast on CPU), sequence-first.
+        """Cast the frozen image tower to `dtype` (faster than autocast on CPU), with the faster
+        equivalents of its parts from `genart.vit`.
 
         The text tower stays fp32 (it runs once per prompt); embeddings leave fp32 either way.
         """
         visual = self.model.visual
         visual.to(dtype)
-        use_sequence_first(getattr(visual, "transformer", None))
-        if PatchEmbedding.fits(getattr(visual, "conv1", None)):
-            visual.conv1 = PatchEmbedding(visual.conv1)
+        speed_up(visual, dtype)
 
     def compile_hot(self) -> None:
         """torch.compile the image tower (the first call compiles)."""

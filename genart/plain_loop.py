@@ -187,7 +187,7 @@ def build_plain(cfg, frozen_vqgan: bool = False, clip_state: dict | None = None)
     import torch
     from hydra.utils import instantiate
 
-    from genart.guides import use_sequence_first
+    from genart.vit import use_sequence_first
 
     torch.manual_seed(cfg.seed)
     generator, guide = instantiate(cfg.generator), instantiate(cfg.guide)

@@ -3,10 +3,11 @@
 Each model sets its own precision through a `set_precision(dtype)` hook, because how bf16 is
 applied matters more than whether (2-core AVX512-BF16 CPU, forward + backward, best of 4): the VQGAN
 decoder runs under autocast (0.95 s; cast weights 1.15 s; fp32 3.35 s), while CLIP's image tower
-gets its frozen weights cast (32 views: 1.08 s; autocast 1.16 s). θ, the optimiser, q(z), the
-cutouts, the spherical distance, the normalisations and the loss reductions stay fp32 (bf16 on
-the whole step gave NaN losses). A generator without the hook runs under autocast instead
-(run.autocast_for).
+gets its frozen weights cast (32 views: 1.08 s; autocast 1.16 s) and its attention products in
+bf16 (genart.vit), and the cutouts resample in bf16 products. Matrix products accumulate in fp32;
+softmax, θ, the optimiser, q(z), the augmentations, the spherical distance, the normalisations
+and the loss reductions stay fp32 (bf16 on the whole step gave NaN losses). A generator without
+the hook runs under autocast instead (run.autocast_for).
 """
 
 from __future__ import annotations

@@ -67,23 +67,30 @@ def prefilter_amount(boxes: Tensor, size: int) -> Tensor:
     return (shrink - 1).clamp(0, 1)
 
 
-def resample_crops(image: Tensor, boxes: Tensor, size: int) -> Tensor:
-    """Crops boxes (N, 4) = (x1, y1, x2, y2) of image (1, C, H, W) → (N, C, size, size)."""
+def resample_crops(
+    image: Tensor, boxes: Tensor, size: int, dtype: torch.dtype | None = None
+) -> Tensor:
+    """Crops boxes (N, 4) = (x1, y1, x2, y2) of image (1, C, H, W) → (N, C, size, size).
+
+    `dtype` (default the image's): the matrix products' inputs. The weights are computed in the
+    image's dtype and the result returns in it; bf16 products accumulate in fp32 (4x faster
+    than fp32 on a CPU with AVX512-BF16, and on Tensor Cores).
+    """
     n, (_, c, h, w) = boxes.shape[0], image.shape
     if n == 0:
         return image.new_zeros(0, c, size, size)
-    boxes = boxes.to(image)
+    boxes, dtype = boxes.to(image), dtype or image.dtype
     alpha = prefilter_amount(boxes, size)[:, None, None]  # (N, 1, 1)
     rows = sample_weights(boxes[:, 1], boxes[:, 3], size, h)  # (N, S, H)
     cols = sample_weights(boxes[:, 0], boxes[:, 2], size, w)  # (N, S, W)
     # Down the rows, once per source: one matrix product each for all crops, no per-crop copy.
-    image_rows = image[0].transpose(0, 1).reshape(h, c * w)  # (H, C·W)
-    sharp = ((1 - alpha) * rows).reshape(n * size, h) @ image_rows  # (N·S, C·W)
-    soft = (alpha * blur_weights(rows)).reshape(n * size, h) @ image_rows
+    image_rows = image[0].transpose(0, 1).reshape(h, c * w).to(dtype)  # (H, C·W)
+    sharp = ((1 - alpha) * rows).reshape(n * size, h).to(dtype) @ image_rows  # (N·S, C·W)
+    soft = (alpha * blur_weights(rows)).reshape(n * size, h).to(dtype) @ image_rows
     # Across the columns: sharp and prefiltered halves, summed (rows of each are (s, c) pairs).
-    out = sharp.view(n, size * c, w) @ cols.transpose(1, 2)  # (N, S·C, S)
-    out = out + soft.view(n, size * c, w) @ blur_weights(cols).transpose(1, 2)
-    return out.view(n, size, c, size).transpose(1, 2)  # (N, C, S, S)
+    out = sharp.view(n, size * c, w) @ cols.transpose(1, 2).to(dtype)  # (N, S·C, S)
+    out = out + soft.view(n, size * c, w) @ blur_weights(cols).transpose(1, 2).to(dtype)
+    return out.view(n, size, c, size).transpose(1, 2).to(image.dtype)  # (N, C, S, S)
 
 
 def pad_reflect(image: Tensor, pads: tuple[int, int, int, int]) -> Tensor:

@@ -70,10 +70,10 @@ def build(cfg: DictConfig, run: Run) -> None:
     run.generator = instantiate(cfg.generator).to(device)
     run.guide = instantiate(cfg.guide).to(device)
     run.autocast = autocast_for(device, precision, run.generator)
-    apply_precision([run.generator, run.guide], precision)
     run.cutouts = instantiate(
         cfg.cutouts, cut_size=cfg.cutouts.get("cut_size") or run.guide.input_size
     )
+    apply_precision([run.generator, run.guide, run.cutouts], precision)
     if cfg.get("compile"):
         compile_models([run.generator, run.guide, run.cutouts])
     run.schedule = instantiate(cfg.prompts, _convert_="all")

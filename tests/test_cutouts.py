@@ -154,6 +154,27 @@ def test_resampling_backward_is_deterministic_and_reaches_every_pixel():
     assert (grads[0] != 0).all()  # area filter: no pixel skipped (unlike point sampling)
 
 
+def test_bf16_resampling_products_stay_within_bf16_rounding_and_return_fp32():
+    image = torch.rand(1, 3, 96, 128)
+    boxes = torch.tensor([[0.0, 0, 96, 96], [5, 9, 45, 49], [30, 2, 62, 34]])
+    exact = resample_crops(image, boxes, 32)
+    low = resample_crops(image, boxes, 32, torch.bfloat16)
+    assert low.dtype == torch.float32
+    err = (low - exact).abs()
+    assert 0 < err.max() < 2**-6 and err.mean() < 2**-9  # bf16 inputs, fp32 accumulation
+
+
+def test_cutouts_resample_in_their_precision():
+    image, cutouts = torch.rand(1, 3, 64, 64), Cutouts(cutn=4, cut_size=16)
+    views = []
+    for dtype in (torch.float32, torch.bfloat16, torch.float32):
+        cutouts.set_precision(dtype)
+        torch.manual_seed(0)
+        views.append(cutouts(image, 0).pixels)
+    assert torch.equal(views[0], views[2]) and not torch.equal(views[0], views[1])
+    assert torch.allclose(views[0], views[1], atol=2**-6)
+
+
 @pytest.mark.parametrize("mode", ["reflect", "border"])
 def test_pad_to_square_handles_wide_panoramas(mode):
     image = torch.rand(1, 3, 10, 64)

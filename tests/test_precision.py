@@ -11,6 +11,7 @@ import torch
 from genart import bench
 from genart.errors import UserError
 from genart.precision import resolve_precision
+from genart.vit import Attention, ClassTokenBlock
 from tests.conftest import REPO, cli, compose
 
 TINY = {
@@ -96,6 +97,35 @@ def test_fast_clip_layout_computes_the_same_embeddings():
     (fast_grad,) = torch.autograd.grad(got.sum(), pixels)
     assert torch.allclose(got, expected, atol=1e-5)
     assert torch.allclose(fast_grad, grad, atol=1e-5 * float(grad.abs().max()))
+    blocks = fast.model.visual.transformer.resblocks
+    assert isinstance(blocks[-1], ClassTokenBlock)  # the class token alone, same embedding
+    assert not isinstance(blocks[0].attn, Attention)  # fp32 keeps torch's attention
+    assert fast.model.state_dict().keys() == stock.model.state_dict().keys()
+
+
+def test_attention_equals_torch_multihead_attention():
+    """genart.vit.Attention (used below fp32) computes nn.MultiheadAttention's function, for
+    all tokens asking and for the class token alone (ClassTokenBlock)."""
+    mha = torch.nn.MultiheadAttention(64, 4).eval()  # sequence-first, like open_clip after set-up
+    ours = Attention(mha)
+    x = torch.randn(10, 3, 64)  # (L, N, D)
+    expected = mha(x, x, x, need_weights=False)[0]
+    assert torch.allclose(ours(x, x, x)[0], expected, atol=1e-5)
+    assert torch.allclose(ours(x[:1], x, x)[0], mha(x[:1], x, x, need_weights=False)[0], atol=1e-5)
+    assert ours.state_dict().keys() == mha.state_dict().keys()
+
+
+def test_bf16_clip_swaps_in_reduced_attention_and_stays_close_to_fp32():
+    from hydra.utils import instantiate
+
+    cfg = compose(["guide=clip_tiny"])
+    exact = next(iter(instantiate(cfg.guide).models.values()))
+    low = next(iter(instantiate(cfg.guide).models.values()))
+    low.set_precision(torch.bfloat16)
+    assert all(isinstance(b.attn, Attention) for b in low.model.visual.transformer.resblocks)
+    pixels = torch.rand(8, 3, 64, 64)
+    cos = (exact.encode_image(pixels) * low.encode_image(pixels)).sum(-1)  # unit vectors
+    assert cos.min() > 0.999, cos
 
 
 def test_precision_auto_is_fp32_on_cpu_and_unknown_names_fail():
