@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from taming.modules.vqvae.quantize import VectorQuantizer2
 
+from genart.generators.decoder import phase_kernels, upsample_by_phases
 from genart.generators.vqgan import (
     VQGANGenerator,
     clamp_with_grad,
@@ -189,3 +190,36 @@ def test_decoder_runs_in_the_layout_measured_fastest_for_its_dtype(dtype, layout
     gen.model.post_quant_conv.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
     gen()
     assert seen[0].is_contiguous(memory_format=layout)
+
+
+def test_fast_decoder_computes_tamings_decoder():
+    """genart.generators.decoder restates taming's Decoder.forward: same function in fp32."""
+    gen = tiny()
+    z = torch.randn(1, 8, 4, 8)
+    with torch.no_grad():
+        assert torch.allclose(gen.decoder(z), gen.model.decoder(z), atol=1e-5)
+
+
+def test_upsampling_by_phases_equals_nearest_upsampling_then_conv():
+    conv = torch.nn.Conv2d(6, 5, 3, padding=1)
+    x = torch.randn(2, 6, 5, 7)
+    expected = conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    got = upsample_by_phases(x, conv, phase_kernels(conv.weight))
+    assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5)
+
+
+def test_bf16_decoder_upsamples_by_phases_as_accurately_as_tamings():
+    gen = tiny()
+    calls = []
+    for level in range(1, len(gen.model.decoder.up)):
+        gen.model.decoder.up[level].upsample.register_forward_hook(lambda *a: calls.append(1))
+    z = torch.randn(1, 8, 4, 8)
+    with torch.no_grad():
+        exact = gen.model.decoder(z)
+        calls.clear()
+        with torch.autocast("cpu", torch.bfloat16):
+            fast = gen.decoder(z).float()
+            assert not calls  # the phase path, not taming's interpolate + conv
+            stock = gen.model.decoder(z).float()
+    scale = exact.abs().max()
+    assert (fast - exact).abs().mean() < 1.25 * (stock - exact).abs().mean() + 1e-3 * scale

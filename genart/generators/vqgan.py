@@ -18,6 +18,7 @@ from torch import nn
 
 from genart.errors import UserError
 from genart.generators.base import Generator
+from genart.generators.decoder import FastDecoder
 from genart.weights import load_checkpoint
 
 
@@ -186,6 +187,7 @@ class VQGANGenerator(Generator):
         width, height = self.size
         self.z = nn.Parameter(self.random_latent(height // self.factor, width // self.factor))
         self.dtype = torch.float32  # the decoder's compute dtype (set_precision)
+        self.decoder = FastDecoder(self.model.decoder)  # taming's forward, restated faster
 
     @property
     def codebook(self) -> torch.Tensor:
@@ -230,7 +232,7 @@ class VQGANGenerator(Generator):
         z_q = quantize_st(z, self.codebook).contiguous(memory_format=self.decoder_layout())
         reduced = self.dtype != torch.float32
         with torch.autocast(z_q.device.type, self.dtype) if reduced else contextlib.nullcontext():
-            dec = self.model.decoder(self.model.post_quant_conv(z_q))  # (B, 3, H, W) in ~[-1, 1]
+            dec = self.decoder(self.model.post_quant_conv(z_q))  # (B, 3, H, W) in ~[-1, 1]
         return clamp_with_grad((dec.float() + 1) / 2)
 
     def forward(self) -> torch.Tensor:
