@@ -11,6 +11,9 @@ process, so that peak memory (ru_maxrss) is per loop:
   (`genart.plain_loop`: fp32, per-crop resamples, VQGAN weights left trainable; `--plain-frozen`
   also times it with the VQGAN frozen, as generate.py's own loader does).
 
+genart and plain take turns, phase by phase (build, each step): both are resident, one runs
+while the other waits, so drift in the machine's speed hits both loops alike.
+
 The split comes from `torch.profiler` ranges (`genart/<part>`) of one extra profiled step:
 forward time per range, backward ops attributed to the range that created their graph node.
 """
@@ -18,6 +21,7 @@ forward time per range, backward ops attributed to the range that created their 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -125,16 +129,46 @@ def profiled_split(step, i: int) -> dict:
     return split_from_events(prof.events(), wall)
 
 
-def measure(step, s: dict) -> dict:
+class Turns:
+    """A child's side of taking turns with the other loop: each phase waits for the parent's
+    `go` line on stdin and answers `done`, so the loops' steps alternate in time and a machine
+    that speeds up or slows down (±15 % here within minutes) does so for both loops alike."""
+
+    def __init__(self, channel=None):
+        self.channel = channel  # None: not taking turns (parity, fidelity, tests)
+
+    @contextlib.contextmanager
+    def __call__(self):
+        if self.channel is not None and sys.stdin.readline().strip() != "go":
+            raise SystemExit(PARENT_GONE)
+        yield
+        if self.channel is not None:
+            self.channel.write("done\n")
+            self.channel.flush()
+
+
+ALONE = Turns()  # a part that runs by itself
+PARENT_GONE = "genart.bench child: stopped, the parent or the other loop went away"
+
+
+def phases(s: dict) -> int:
+    """Turns a timed loop takes: build, warm-up steps, timed steps, the profiled step."""
+    return 1 + s["warmup"] + s["steps"] + 1
+
+
+def measure(step, s: dict, turn: Turns = ALONE) -> dict:
     """Warm-up steps, then timed steps (median), then one profiled step for the split."""
     for i in range(s["warmup"]):
-        step(i)
+        with turn():
+            step(i)
     times, losses = [], []
     for i in range(s["warmup"], s["warmup"] + s["steps"]):
-        start = time.perf_counter()
-        losses.append(step(i).detach())
-        times.append(time.perf_counter() - start)
-    split = profiled_split(step, s["warmup"] + s["steps"])
+        with turn():
+            start = time.perf_counter()
+            losses.append(step(i).detach())
+            times.append(time.perf_counter() - start)
+    with turn():
+        split = profiled_split(step, s["warmup"] + s["steps"])
     return {
         "s_per_step": statistics.median(times),
         "s_per_step_min": min(times),
@@ -145,17 +179,20 @@ def measure(step, s: dict) -> dict:
 
 
 # -- children ---------------------------------------------------------------------------------
-def child_genart(s: dict) -> dict:
+def child_genart(s: dict, turn: Turns = ALONE) -> dict:
     from genart.run import guided_step
 
-    run, targets, _ = build_genart(s)
-    result = measure(lambda i: guided_step(run, i, targets, {})["total"], s)
+    with turn():
+        run, targets, _ = build_genart(s)
+    result = measure(lambda i: guided_step(run, i, targets, {})["total"], s, turn)
     return {**result, "precision": run.env["precision"], "compile": s["compile"]}
 
 
-def child_plain(s: dict, frozen_vqgan: bool = False) -> dict:
-    plain = build_plain(compose_config(s, "fp32"), frozen_vqgan)
-    return {**measure(plain.step, s), "precision": "fp32", "vqgan_requires_grad": not frozen_vqgan}
+def child_plain(s: dict, turn: Turns = ALONE, frozen_vqgan: bool = False) -> dict:
+    with turn():
+        plain = build_plain(compose_config(s, "fp32"), frozen_vqgan)
+    result = measure(plain.step, s, turn)
+    return {**result, "precision": "fp32", "vqgan_requires_grad": not frozen_vqgan}
 
 
 class Recorder:
@@ -332,32 +369,71 @@ CHILDREN = {
     "plain": child_plain,
     "parity": child_parity,
     "fidelity": child_fidelity,
-    "plain_frozen": lambda s: child_plain(s, frozen_vqgan=True),
+    "plain_frozen": lambda s, turn=ALONE: child_plain(s, turn, frozen_vqgan=True),
 }
+TIMED = ("genart", "plain", "plain_frozen")  # the children that take turns
 
 
 def run_child(kind: str, s: dict) -> dict:
-    """Runs one part in a fresh interpreter; its result, peak RSS and the CPU others used."""
+    """Runs one part alone in a fresh interpreter; its result, peak RSS and others' CPU."""
+    return run_children([kind], s)[kind]
+
+
+def run_children(kinds: list[str], s: dict) -> dict[str, dict]:
+    """Runs parts in fresh interpreters (peak RSS is per process); timed loops take turns."""
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "result.json"
-        cmd = [
-            sys.executable,
-            "-m",
-            "genart.bench",
-            "--child",
-            kind,
-            "--settings",
-            json.dumps(s),
-            "--out",
-            str(out),
-        ]
-        load, busy, own, start = os.getloadavg()[0], busy_seconds(), children_cpu(), time.time()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wall, own = time.time() - start, children_cpu() - own
-        if proc.returncode != 0 or not out.exists():
-            raise RuntimeError(f"bench child '{kind}' failed:\n{proc.stderr[-4000:]}")
+        procs, started = {}, time.time()
+        load, busy, own = os.getloadavg()[0], busy_seconds(), children_cpu()
+        for kind in kinds:
+            out, log = Path(tmp) / f"{kind}.json", open(Path(tmp) / f"{kind}.log", "w+")  # noqa: SIM115
+            cmd = [sys.executable, "-m", "genart.bench", "--child", kind]
+            cmd += ["--settings", json.dumps(s), "--out", str(out)]
+            take_turns = len(kinds) > 1 and kind in TIMED
+            cmd += ["--turns"] if take_turns else []
+            pipe = subprocess.PIPE if take_turns else subprocess.DEVNULL
+            proc = subprocess.Popen(cmd, stdin=pipe, stdout=pipe, stderr=log, text=True)
+            procs[kind] = (proc, out, log, take_turns)
+        turning = [procs[k][0] for k in kinds if procs[k][3]]
+        take_turns_until_done(turning, phases(s))
+        failed = {}
+        for proc, *_ in procs.values():
+            proc.wait()
+        wall, results = time.time() - started, {}
+        for kind, (proc, out, log, _) in procs.items():
+            log.seek(0)
+            if proc.returncode != 0 or not out.exists():
+                failed[kind] = log.read()[-4000:]
+            else:
+                results[kind] = {**json.loads(out.read_text()), "load_before": load}
+            log.close()
+        if failed:  # the child that failed first, not one stopped because of it
+            kind = next(
+                (k for k, text in failed.items() if PARENT_GONE not in text), next(iter(failed))
+            )
+            raise SystemExit(f"genart.bench: child '{kind}' failed:\n{failed[kind]}")
+        own = children_cpu() - own
         others = None if busy is None else max(busy_seconds() - busy - own, 0.0) / wall
-        return {**json.loads(out.read_text()), "load_before": load, "other_cpu_cores": others}
+        for result in results.values():
+            result["other_cpu_cores"] = others
+        return results
+
+
+def take_turns_until_done(procs: list, n: int) -> None:
+    """n rounds of `go` to each child in order, each answered `done` before the next starts;
+    stops at the first child that fails (its error is reported by the caller)."""
+    try:
+        for _ in range(n if procs else 0):
+            for proc in procs:
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+                if proc.stdout.readline().strip() != "done":
+                    return
+    except BrokenPipeError:
+        return
+    finally:
+        for proc in procs:  # a waiting child reads end-of-file and stops
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
 
 
 def busy_seconds() -> float | None:
@@ -375,13 +451,20 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def child_main(kind: str, s: dict, out: str) -> None:
+def child_main(kind: str, s: dict, out: str, turns: bool = False) -> None:
+    """One part in this process; with `turns`, stdout is the parent's channel (prints go to
+    stderr) and each phase waits for the parent."""
+    channel = None
+    if turns:
+        channel = os.fdopen(os.dup(1), "w")
+        os.dup2(2, 1)  # anything else printed goes to the log, not into the channel
+        sys.stdout = sys.stderr
     import torch
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if s["threads"]:
         torch.set_num_threads(s["threads"])
-    result = CHILDREN[kind](s)
+    result = CHILDREN[kind](s, Turns(channel)) if turns else CHILDREN[kind](s)
     result.update(peak_rss_mb=peak_rss_mb(), threads=torch.get_num_threads())
     Path(out).write_text(json.dumps(result))
 
@@ -500,6 +583,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--settings", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--turns", action="store_true", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
@@ -528,9 +612,7 @@ def bench(s: dict, parity: bool = True, plain_frozen: bool = False) -> dict:
     report = {"settings": s, "torch": torch.__version__, "load_avg": list(os.getloadavg())}
     if parity:
         report["parity"] = run_child("parity", s)
-    loops = {"genart": run_child("genart", s), "plain": run_child("plain", s)}
-    if plain_frozen:
-        loops["plain_frozen"] = run_child("plain_frozen", s)
+    loops = run_children(["genart", "plain", *(["plain_frozen"] if plain_frozen else [])], s)
     report.update(
         loops=loops,
         threads=loops["genart"]["threads"],
@@ -547,7 +629,7 @@ def bench(s: dict, parity: bool = True, plain_frozen: bool = False) -> dict:
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.child:
-        child_main(args.child, json.loads(args.settings), args.out)
+        child_main(args.child, json.loads(args.settings), args.out, args.turns)
         return
     report = bench(settings_of(args), parity=not args.no_parity, plain_frozen=args.plain_frozen)
     print(format_table(report))

@@ -162,6 +162,19 @@ def test_bench_cli_writes_the_report(tmp_path):
     assert report["parity"]["pass"] and report["ratio"] > 0
     assert {"genart", "plain"} <= set(report["loops"])
     assert "ratio plain / genart" in proc.stdout
+    for loop in report["loops"].values():  # every phase ran: the warm-up, 2 timed, 1 profiled
+        assert len(loop["times"]) == 2 and loop["split"]["total"] > 0
+
+
+@pytest.mark.slow
+def test_bench_names_the_loop_that_failed_and_stops_the_other():
+    """The loops take turns; when one fails, the other stops waiting and the report names the
+    failing one (here the plain loop, which needs a VQGAN)."""
+    args = ["--generator", "pixels", "--guide", "clip_tiny", "--size", "32", "32", "--no-parity"]
+    proc = cli("genart.bench", *args, "--cutn", "4", "--steps", "1", cwd=REPO)
+    assert proc.returncode == 1
+    assert "child 'plain' failed" in proc.stderr and "VQGAN + one CLIP" in proc.stderr
+    assert "Traceback" not in proc.stderr.split("child 'plain' failed")[0]
 
 
 @pytest.mark.slow
