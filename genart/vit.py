@@ -8,7 +8,8 @@ same state_dict keys. Measured on ViT-B/32, 32 views of 224², forward + backwar
 * `PatchEmbedding`: the stride-p patch convolution as one matmul; 1.33 → 1.17 s.
 * `Attention`: the two attention products in the model's dtype, softmax in fp32 (what CUDA
   autocast does; on CPU torch's attention upcasts q, k, v to fp32, and these 50 × 64 products
-  run 4x faster in bf16). Only swapped in below fp32.
+  run 4x faster in bf16). Only swapped in below fp32 on CPU; on GPUs torch's fused attention
+  kernels already run in bf16.
 * `ClassTokenBlock`: the last block computed for the class token only, the one token the pooled
   embedding reads (its keys and values still come from every token).
 """
@@ -104,8 +105,8 @@ class Attention(nn.Module):
             q = F.linear(query, w_q, b_q)
             k, v = F.linear(key, w_kv, b_kv).chunk(2, dim=-1)
 
-        def heads(t, length):  # (L, N, D) → (N·H, L, D/H), contiguous: the products of
-            return t.reshape(length, n * h, d // h).transpose(0, 1).contiguous()  # 3x faster
+        def heads(t, length):  # (L, N, D) → (N·H, L, D/H); the products ran 3x faster on a
+            return t.reshape(length, n * h, d // h).transpose(0, 1).contiguous()  # copy than a view
 
         q = heads(q, lq) * (d // h) ** -0.5
         scores = torch.bmm(q, heads(k, lk).transpose(1, 2))  # (N·H, Lq, Lk)
@@ -158,7 +159,8 @@ def speed_up(visual: nn.Module, dtype: torch.dtype) -> None:
     blocks = getattr(transformer, "resblocks", None)
     if blocks is None:
         return
-    if dtype != torch.float32:
+    device = next(visual.parameters()).device
+    if dtype != torch.float32 and device.type == "cpu":  # GPUs: torch's fused bf16 attention
         for block in blocks:
             if Attention.fits(getattr(block, "attn", None)):
                 block.attn = Attention(block.attn)
