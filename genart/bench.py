@@ -466,6 +466,8 @@ def child_main(kind: str, s: dict, out: str, turns: bool = False) -> None:
         torch.set_num_threads(s["threads"])
     result = CHILDREN[kind](s, Turns(channel)) if turns else CHILDREN[kind](s)
     result.update(peak_rss_mb=peak_rss_mb(), threads=torch.get_num_threads())
+    if turns:  # exit only once every loop is done: freeing GBs would slow the other's last step
+        sys.stdin.read()
     Path(out).write_text(json.dumps(result))
 
 
