@@ -30,20 +30,6 @@ def phase_kernels(weight: torch.Tensor) -> torch.Tensor:
     return kernels.flatten(0, 2)
 
 
-class _PhaseKernels:
-    """phase_kernels of a frozen conv weight, recomputed only when the weight changes."""
-
-    def __init__(self) -> None:
-        self.key, self.kernels = None, None
-
-    def __call__(self, weight: torch.Tensor) -> torch.Tensor:
-        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
-        if key != self.key:
-            with torch.no_grad():
-                self.key, self.kernels = key, phase_kernels(weight)
-        return self.kernels
-
-
 def upsample_by_phases(x: torch.Tensor, conv: nn.Conv2d, kernels: torch.Tensor) -> torch.Tensor:
     """conv(nearest_2x(x)) for a 3×3, padding-1 conv, as one 2×2 conv of x padded by one."""
     n, _, h, w = x.shape
@@ -72,15 +58,23 @@ class FastDecoder:
         if getattr(decoder, "temb_ch", 0):
             raise ValueError("FastDecoder: a decoder with a timestep embedding is not supported")
         self.decoder = decoder
-        self._kernels: dict[int, _PhaseKernels] = {}
+        self._kernels: dict[int, tuple] = {}  # level → (weight's identity, its phase kernels)
+
+    def phase_kernels(self, level: int, weight: torch.Tensor) -> torch.Tensor:
+        """phase_kernels of a frozen conv weight, recomputed only when the weight changes."""
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+        cached = self._kernels.get(level)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = self._kernels[level] = (key, phase_kernels(weight))
+        return cached[1]
 
     def upsample(self, level: int, x: torch.Tensor) -> torch.Tensor:
         module = self.decoder.up[level].upsample
         conv = getattr(module, "conv", None) if module.with_conv else None
         if conv is None or x.dtype == torch.float32:  # taming's path
             return module(x)
-        kernels = self._kernels.setdefault(level, _PhaseKernels())(conv.weight)
-        return upsample_by_phases(x, conv, kernels)
+        return upsample_by_phases(x, conv, self.phase_kernels(level, conv.weight))
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         d = self.decoder
