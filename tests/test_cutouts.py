@@ -160,6 +160,7 @@ def test_bf16_resampling_products_stay_within_bf16_rounding_and_return_fp32():
     exact = resample_crops(image, boxes, 32)
     low = resample_crops(image, boxes, 32, torch.bfloat16)
     assert low.dtype == torch.float32
+    assert low.is_contiguous() and exact.is_contiguous()  # the augmentations' warps want it
     err = (low - exact).abs()
     assert 0 < err.max() < 2**-6 and err.mean() < 2**-9  # bf16 inputs, fp32 accumulation
 
