@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor, nn
 
+from genart.color import use_fast_hue
 from genart.errors import UserError
 from genart.resample import pad_to_square, resample_crops
 
@@ -163,6 +164,7 @@ class CompositionWindows(nn.Module):
             )
         self.count, self.end, self.padding_mode = count, end, padding_mode
         self.augmentations = nn.ModuleList(list(augmentations or []))
+        use_fast_hue(self.augmentations)  # the same hue shift, ~2x faster (genart.color)
 
     def compile_hot(self) -> None:
         compile_augmentations(self.augmentations)
@@ -218,6 +220,7 @@ class Cutouts(nn.Module):
         self.cutn, self.cut_size, self.cut_pow, self.noise = cutn, cut_size, cut_pow, noise
         self.mirrored, self.flip_right = mirrored, flip_right
         self.augmentations = nn.ModuleList(list(augmentations or []))
+        use_fast_hue(self.augmentations)  # the same hue shift, ~2x faster (genart.color)
         self.composition = composition
         self.dtype = torch.float32  # the resampling products' (set_precision)
 
