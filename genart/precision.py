@@ -52,8 +52,10 @@ def compile_models(modules: Iterable[object]) -> None:
     """torch.compile each part's hot code (`compile_hot`); the first steps pay the compile.
 
     Measured per part (genart.bench --compile, 256², 2 CPU threads, bf16): CLIP's image tower
-    1.02 → 0.95 s and the cutouts' augmentation kernels 0.47 → 0.40 s forward + backward, while
-    the compiled VQGAN decoder was slower (0.85 → 1.03 s), so it has no hook and stays eager.
+    1.02 → 0.95 s forward + backward, while the compiled VQGAN decoder was slower (0.85 → 1.03 s),
+    so it has no hook and stays eager, as do the augmentations: kornia's own kernel compile would
+    recompile for every new number of chosen views (cutouts.transform_chosen), and ColorJitter
+    on the chosen views eager (~80 ms) beats it compiled on all 32 (111 ms).
     """
     for module in modules:
         hook = getattr(module, "compile_hot", None)

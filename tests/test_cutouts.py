@@ -396,10 +396,52 @@ def test_yaml_configs_instantiate_with_kornia_augmentations(name):
     assert len(views) == 32 + (4 if name == "composition" else 0)
 
 
-def test_compile_uses_only_the_augmentations_own_kernel_compile():
-    from genart.cutouts import compile_augmentations
+def test_compile_leaves_the_augmentations_eager():
+    """kornia's kernel compile would recompile for every count of chosen views (transform_chosen)."""
+    from genart.precision import compile_models
 
-    jitter, affine = K.ColorJitter(0.1, 0.1, 0.1, 0.1, p=0.7), K.RandomAffine(15, p=0.7)
-    compile_augmentations([jitter, affine])
-    assert jitter._compile_kwargs is not None  # kornia compiled its pixel kernels (lazily)
-    assert getattr(affine, "_compiled_call_impl", None) is None  # sampling + warp stay eager
+    cutouts = Cutouts(8, 16, augmentations=[K.ColorJitter(0.1, 0.1, 0.1, 0.1, p=0.7)])
+    compile_models([cutouts])
+    assert getattr(cutouts.augmentations[0], "_compile_kwargs", None) is None
+
+
+def reference_augmentations(p: float = 0.7) -> list:
+    """The standard config's four (p = 0.7), plus a grayscale whose params are only the coin."""
+    return [
+        K.RandomAffine(15, 0.1, shear=5, p=p, padding_mode="border"),
+        K.RandomPerspective(0.7, p=p),
+        K.ColorJitter(0.1, 0.1, 0.1, 0.1, p=p),
+        K.RandomErasing((0.1, 0.4), (0.3, 3.3333), same_on_batch=True, p=p),
+        K.RandomGrayscale(p=0.3),
+    ]
+
+
+@pytest.mark.parametrize("p", [0.0, 0.7, 1.0])
+def test_transform_chosen_equals_kornia_and_transforms_only_the_chosen_views(p):
+    from genart.cutouts import transform_chosen
+
+    x = torch.rand(12, 3, 24, 24, requires_grad=True)
+    grad = torch.randn(12, 3, 24, 24)
+    stock, ours = reference_augmentations(p), reference_augmentations(p)
+    seen = []
+    for module in ours:
+        module.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    torch.manual_seed(3)
+    y_stock = x
+    for module in stock:
+        y_stock = module(y_stock)
+    after_stock = torch.rand(4)
+    torch.manual_seed(3)
+    y_ours = x
+    for module in ours:
+        y_ours = transform_chosen(module, y_ours)
+    assert torch.equal(torch.rand(4), after_stock)  # the same draws
+    assert torch.equal(y_ours, y_stock)
+    assert torch.equal(*(torch.autograd.grad(y, x, grad)[0] for y in (y_ours, y_stock)))
+    for a, b in zip(stock, ours, strict=True):  # replay (mirrored partners) reads these
+        assert a._params.keys() == b._params.keys()
+        assert all(torch.equal(a._params[k], b._params[k]) for k in a._params)
+    chosen = [int((m._params["batch_prob"] > 0.5).sum()) for m in ours]
+    assert seen == [c for c in chosen if c > 0]  # kornia saw the chosen views only
+    if p == 0.7:
+        assert 0 < min(chosen[:3]) and max(chosen[:3]) < 12
