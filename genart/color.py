@@ -119,7 +119,7 @@ class _AdjustHue(torch.autograd.Function):
 
 def adjust_hue(image: Tensor, factor: Tensor) -> Tensor:
     """kornia.enhance.adjust_hue for RGB (B, 3, H, W) and angles factor (B,) in radians."""
-    return _AdjustHue.apply(image, factor)
+    return _AdjustHue.apply(image, torch.as_tensor(factor, dtype=image.dtype, device=image.device))
 
 
 def use_fast_hue(modules: Iterable[nn.Module]) -> None:

@@ -55,7 +55,7 @@ def compile_models(modules: Iterable[object]) -> None:
     1.02 → 0.95 s forward + backward, while the compiled VQGAN decoder was slower (0.85 → 1.03 s),
     so it has no hook and stays eager, as do the augmentations: kornia's own kernel compile would
     recompile for every new number of chosen views (cutouts.transform_chosen), and ColorJitter
-    on the chosen views eager (~80 ms) beats it compiled on all 32 (111 ms).
+    eager on all 32 views (115 ms with genart.color's hue) was already near compiled (111 ms).
     """
     for module in modules:
         hook = getattr(module, "compile_hot", None)
