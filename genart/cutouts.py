@@ -113,15 +113,13 @@ def transform_chosen(module: nn.Module, pixels: Tensor, params: dict | None = No
     per_view = all(k in VIEW_INDEPENDENT or v.shape[:1] == (n,) for k, v in params.items())
     if pixels.device.type != "cpu" or chosen.all() or not per_view:  # GPUs: no host sync
         return module(pixels, params=params)
-    module._params = params
-    if not chosen.any():
-        return pixels
-    rows = chosen.nonzero().squeeze(1)
-    subset = {k: v if k in VIEW_INDEPENDENT else v[rows] for k, v in params.items()}
-    subset["forward_input_shape"] = torch.tensor([len(rows), *pixels.shape[1:]])
-    transformed = module(pixels.index_select(0, rows), params=subset)
-    module._params = params  # module() kept the subset's
-    return pixels.index_copy(0, rows, transformed)
+    rows, out = chosen.nonzero().squeeze(1), pixels
+    if len(rows):
+        subset = {k: v if k in VIEW_INDEPENDENT else v[rows] for k, v in params.items()}
+        subset["forward_input_shape"] = torch.tensor([len(rows), *pixels.shape[1:]])
+        out = pixels.index_copy(0, rows, module(pixels.index_select(0, rows), params=subset))
+    module._params = params  # the whole batch's, not the subset's that module() kept
+    return out
 
 
 def augment(pixels: Tensor, modules: Sequence[nn.Module]) -> Tensor:
