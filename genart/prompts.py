@@ -260,30 +260,35 @@ class PromptSchedule:
             views.composition, ones, self.size_weighting(views.sizes, views.composition)
         )
 
-    def selection(self, sims: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def selection(
+        self, sims: torch.Tensor | None, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """sel (N, P), and per view the prompt it matched best (or worst) among the contenders.
 
-        Contenders are the best-match group when there is one (only the winner is applied unless
-        select=all); otherwise every positive prompt, which is only counted, never selected.
+        Contenders are the prompts of `grouped` that are active at `step` (a story's later phase
+        cannot win before it starts). In a best-match group only the winner is applied unless
+        select=all; other counted prompts are only counted, never selected.
         """
         n = 1 if sims is None else sims.shape[0]
         sel = torch.ones(n, len(self.prompts), device=None if sims is None else sims.device)
-        group = [k for k, p in enumerate(self.prompts) if p.group == "best_match"]
-        contenders = group or [
-            k for k, p in enumerate(self.prompts) if p.weight > 0 and p.on != "composition"
+        group = self._group()
+        contenders = [
+            k for k in self.grouped if self.prompts[k].start <= step < self.prompts[k].end
         ]
         if sims is None or not contenders:
             return sel, None
         scores = sims[:, contenders]
         pick = scores.argmin(1) if self.select == "worst" and group else scores.argmax(1)  # (N,)
+        winners = torch.tensor(contenders, device=sel.device)[pick]  # (N,) prompt indices
         if group and self.select != "all":
-            sel[:, group] = torch.nn.functional.one_hot(pick, len(group)).to(sel)
-        return sel, torch.tensor(contenders, device=sel.device)[pick]
+            sel[:, group] = 0
+            sel[torch.arange(n, device=sel.device), winners] = 1
+        return sel, winners
 
     def weights(self, step: int, views, sims: torch.Tensor | None = None):
         """W (N, P) = time · pos · size · sel · w, and the best-match winners per view."""
         device = views.centres.device
-        sel, winners = self.selection(sims)
+        sel, winners = self.selection(sims, step)
         W = (
             self.active(step, device)[None]
             * self.applies(views)
@@ -294,10 +299,12 @@ class PromptSchedule:
         )
         return W, winners
 
+    def _group(self) -> list[int]:
+        return [k for k, p in enumerate(self.prompts) if p.group == "best_match"]
+
     @property
     def grouped(self) -> list[int]:
         """Indices of the best-match group, or of every counted prompt when there is no group."""
-        group = [k for k, p in enumerate(self.prompts) if p.group == "best_match"]
-        return group or [
+        return self._group() or [
             k for k, p in enumerate(self.prompts) if p.weight > 0 and p.on != "composition"
         ]

@@ -1,6 +1,8 @@
 """Prompt parsing, templates and the per-view weight rule W_ip = time·pos·size·sel·w."""
 
+import csv
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -145,6 +147,43 @@ def test_story_phases():
     v = views_at([0.0])
     assert s.weights(3, v)[0].tolist() == [[1.0, 0.0]]
     assert s.weights(12, v)[0].tolist() == [[0.0, 1.0]]
+
+
+def test_story_prompts_outside_their_window_never_win():
+    """dusk matches better, but before its phase starts only dawn may win (and vice versa)."""
+    s = PromptSchedule(
+        phases=[{"start": 0, "end": 10, "text": "dawn"}, {"start": 10, "text": "dusk"}]
+    )
+    sims = torch.tensor([[0.1, 0.9], [0.2, 0.8]])  # (N, P): dusk is every view's best match
+    assert s.weights(3, views_at([0.0, 0.5]), sims)[1].tolist() == [0, 0]
+    assert s.weights(12, views_at([0.0, 0.5]), sims.flip(1))[1].tolist() == [1, 1]
+
+
+def test_best_match_group_picks_among_active_prompts_only():
+    s = PromptSchedule(
+        best_match={"prompts": "sword|cthulhu"},
+        prompts=[{"text": "kraken", "start": 5}],
+    )
+    assert s.texts == ["kraken", "sword", "cthulhu"]
+    s.prompts[0] = replace(s.prompts[0], group="best_match")  # a group member with a window
+    sims = torch.tensor([[0.9, 0.3, 0.1]])
+    W, winners = s.weights(0, views_at([0.0]), sims)
+    assert winners.tolist() == [1] and W.tolist() == [[0.0, 1.0, 0.0]]
+    W, winners = s.weights(5, views_at([0.0]), sims)
+    assert winners.tolist() == [0] and W.tolist() == [[1.0, 0.0, 0.0]]
+
+
+def test_story_best_match_csv_credits_only_active_prompts(tiny_run, tmp_path):
+    """best_match.csv: a phase wins no view at the steps before it starts or after it ends."""
+    phases = "prompts.phases=[{start:0,end:2,text:dawn},{start:2,text:dusk}]"
+    tiny_run(["prompts=story", "steps=4", phases])
+    with (tmp_path / "run" / "stats" / "best_match.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    won = {(int(r["step"]), r["prompt"].split()[0]): int(r["views_won"]) for r in rows}
+    # stats rows carry the step done: steps 1-2 optimised at steps 0-1 (dawn), 3-4 at 2-3 (dusk)
+    assert [won[step, "dusk"] for step in (1, 2)] == [0, 0]
+    assert [won[step, "dawn"] for step in (3, 4)] == [0, 0]
+    assert all(won[step, "dawn"] > 0 for step in (1, 2))
 
 
 @pytest.mark.parametrize("select, expected", [("best", [1, 0]), ("worst", [0, 1])])
