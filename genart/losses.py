@@ -65,6 +65,8 @@ replace_grad = _ReplaceGrad.apply
 class Loss(nn.Module):
     """A weighted term active while start <= step < end."""
 
+    needs_pairs = False  # True: the term compares mirrored cutout pairs (0 without them)
+
     def __init__(self, weight: float = 1.0, start: int = 0, end: float | None = None):
         super().__init__()
         self.weight, self.start = float(weight), int(start)
@@ -89,6 +91,8 @@ class PromptLoss(Loss):
 
 class SemanticSymmetryLoss(Loss):
     """Mean over mirrored pairs (i left, j right) of 1 − cos(e_i − t_i, e_j − t_j) (seed 001)."""
+
+    needs_pairs = True
 
     def forward(self, ctx: LossContext) -> torch.Tensor:
         pair = ctx.views.pair

@@ -84,9 +84,28 @@ def build(cfg: DictConfig, run: Run) -> None:
         raise UserError(
             "Every loss is switched off (losses.<name>: null). Keep at least losses.prompt."
         )
+    warn_unmet_needs(run.losses, run.cutouts)
     run.optimizer = instantiate(cfg.optimizer)(params=run.generator.theta())
     run.callbacks = default_callbacks() + ([instantiate(cfg.logger)] if cfg.get("logger") else [])
     torch.set_grad_enabled(True)
+
+
+def warn_unmet_needs(losses: dict, cutouts) -> None:
+    """Say at start when a weighted loss needs views the cutouts do not make (it would stay 0)."""
+    import warnings
+
+    for name, loss in losses.items():
+        if (
+            getattr(loss, "needs_pairs", False)
+            and loss.weight
+            and not getattr(cutouts, "mirrored", False)
+        ):
+            warnings.warn(
+                f"losses.{name} compares mirrored cutout pairs, but cutouts.mirrored is false, "
+                f"so it stays 0. Use cutouts=mirrored (or cutouts.mirrored=true), or set "
+                f"losses.{name}.weight=0.",
+                stacklevel=2,
+            )
 
 
 def autocast_for(device, precision: str, generator=None):
