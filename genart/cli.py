@@ -16,14 +16,27 @@ def preset_search_dirs() -> list[Path]:
 
 
 def before_hydra(argv: list[str]) -> None:
-    """Refuse unsafe presets before Hydra builds anything; add user preset dirs to the search path."""
+    """Refuse unsafe presets before Hydra builds anything; add user preset dirs to the search path;
+    quote free-text prompts so Hydra reads them as typed (genart.overrides)."""
+    from genart.overrides import as_typed
     from genart.presets import user_preset_dirs
     from genart.safety import check_presets
 
     check_presets(argv, preset_search_dirs())
+    sys.argv[1:] = argv = refine_last(as_typed(argv))
     extra = user_preset_dirs()
     if extra and not any(a.startswith("hydra.searchpath") for a in argv):
         sys.argv.insert(1, "hydra.searchpath=[" + ",".join(f"file://{d}" for d in extra) + "]")
+
+
+def refine_last(argv: list[str]) -> list[str]:
+    """`+refine=…` composes after every preset, wherever it was typed: refining sets the steps,
+    lr and crop sizes of a re-optimisation, which the preset it stacks on must not undo."""
+    refine = [a for a in argv if a.startswith("+refine=")]
+    rest = [a for a in argv if a not in refine]
+    presets = [i for i, a in enumerate(rest) if a.startswith("+preset=")]
+    at = presets[-1] + 1 if presets else len(rest)
+    return rest[:at] + refine + rest[at:] if presets else argv
 
 
 def after_hydra() -> None:
