@@ -1,15 +1,19 @@
 """Prompt parsing, templates and the per-view weight rule W_ip = time·pos·size·sel·w."""
 
 import csv
+import inspect
 import math
 from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from genart.errors import UserError
 from genart.prompts import PromptSchedule, interpolate_positions, parse_prompt, render_template
+from tests.conftest import REPO, compose
 
 
 def views_at(xs, composition=None, sizes=None):
@@ -200,6 +204,36 @@ def test_best_match_all_applies_every_prompt():
     s = PromptSchedule(best_match={"prompts": "sword|cthulhu", "select": "all"})
     W, winners = s.weights(0, views_at([0.0]), torch.tensor([[0.3, 0.1]]))
     assert W.tolist() == [[1.0, 1.0]] and winners.tolist() == [0]
+
+
+PROMPT_OPTIONS = sorted(p.stem for p in (REPO / "conf" / "prompts").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("option", PROMPT_OPTIONS)
+def test_every_prompts_option_declares_every_argument(option):
+    """Any prompts.<key>=… the schedule reads can be set on any option, without "+"."""
+    node = OmegaConf.load(REPO / "conf" / "prompts" / f"{option}.yaml")
+    arguments = set(inspect.signature(PromptSchedule).parameters)
+    assert set(node) - {"_target_"} == arguments
+
+
+def test_panorama_takes_a_centre_prompt_and_sharpness():
+    cfg = compose(["prompts=panorama", "prompts.center=x", "prompts.sharpness=2"])
+    s = instantiate(cfg.prompts, _convert_="all")
+    assert [(p.text, p.anchor) for p in s.prompts] == [
+        ("Sunny Clearing in the Enchanted Garden by James Gurney", -1.0),
+        ("x by James Gurney", 0.0),
+        ("Enchanted Garden by James Gurney", 1.0),
+    ]
+    assert s.sharpness == 2
+
+
+@pytest.mark.parametrize("option", PROMPT_OPTIONS)
+def test_nested_and_plain_keys_set_on_every_option(option):
+    overrides = ["prompts.center=mid", "prompts.best_match.prompts=a|b", "prompts.composition=c"]
+    s = instantiate(compose([f"prompts={option}", *overrides]).prompts, _convert_="all")
+    texts = [p.text.removesuffix(" by James Gurney") for p in s.prompts]
+    assert {"a", "b", "c"} <= set(texts) and any("mid" in t for t in texts)  # doorway: a template
 
 
 def test_no_prompt_is_a_clear_error():
