@@ -37,6 +37,13 @@ def user_preset_dirs() -> list[Path]:
     return [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
 
 
+def default_save_dir() -> Path:
+    """The first GENART_PRESETS_DIR's preset/ when set (your presets stay outside the install),
+    else conf/preset."""
+    users = user_preset_dirs()
+    return users[0] / PRESET_GROUP if users else conf_dir() / PRESET_GROUP
+
+
 def describe(path: Path) -> str:
     """The first `# description:` line, else the first comment after `# @package _global_`."""
     comments = [line[1:].strip() for line in path.read_text().splitlines() if line.startswith("#")]
@@ -61,8 +68,8 @@ def save_preset(
     force: bool = False,
     description: str | None = None,
 ) -> Path:
-    """Write `out_dir/NAME.yaml` (default conf/preset) that reproduces the run in `run_dir`."""
-    name, root = _safe_name(name), Path(out_dir or conf_dir() / PRESET_GROUP)
+    """Write `out_dir/NAME.yaml` (default: `default_save_dir()`) that reproduces `run_dir`."""
+    name, root = _safe_name(name), Path(out_dir or default_save_dir())
     out = root / f"{name}.yaml"
     if out.exists() and not force:
         raise UserError(f"{out} already exists. Pick another --name, or pass --force to replace.")
@@ -249,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     save = commands.add_parser("save", help="freeze a finished run as a preset")
     save.add_argument("run_dir", type=Path, help="the run's output dir (holds .hydra/)")
     save.add_argument("--name", required=True, help="letters digits _ -, / for sub-folders")
-    save.add_argument("--dir", type=Path, help="default conf/preset; or X/preset, X a user dir")
+    save.add_argument(
+        "--dir", type=Path, help="default: $GENART_PRESETS_DIR/preset if set, else conf/preset"
+    )
     save.add_argument("--force", action="store_true", help="replace an existing preset")
     save.add_argument("--description", help="one line shown by `list`")
     show = commands.add_parser("list", help="list presets with their descriptions")
@@ -260,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             out = save_preset(
                 args.run_dir, args.name, args.dir, force=args.force, description=args.description
             )
-            root = args.dir or conf_dir() / PRESET_GROUP
+            root = args.dir or default_save_dir()
             print(f"saved {out}\n{_usage(root, _safe_name(args.name))}")
         else:
             _print_list(args.dir)
