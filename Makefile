@@ -4,7 +4,7 @@ help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' Makefile | sed 's/:.*##/ —/'
 
 test:  ## the whole suite, as CI runs it
-	python -m pytest -q
+	python -m pytest -q --durations=15
 
 test-fast:  ## the default tier only (no subprocess sweeps, browser, Ray)
 	python -m pytest -q -m 'not slow'
