@@ -275,18 +275,38 @@ def mean_similarity(run: Run, image_embeds: list, targets: list):
 
 
 def check_finite(out: dict, step: int, run: Run) -> None:
-    """Stop before saving anything if the loss went NaN/inf, naming the term."""
+    """Stop before saving anything if the loss went NaN/inf, naming the term and what is saved."""
     import torch
 
     if bool(torch.isfinite(out["total"])):
         return
     bad = [name for name, value in out["terms"].items() if not bool(torch.isfinite(value))]
+    fix = "lower optimizer.lr or that term's weight, or use precision=fp32"
+    saved = saved_step(Path(run.run_dir) / "checkpoint.pt")
+    if saved is None:
+        after = (
+            f"Nothing has been saved yet, so there is nothing to resume: {fix}, and start again."
+        )
+    else:
+        after = (
+            f"{run.run_dir} keeps the frames and checkpoint.pt of step {saved}; `python -m genart "
+            f"resume={run.run_dir}` continues from there with this run's settings. To change "
+            f"them, {fix}, in a new run."
+        )
     raise UserError(
-        f"The loss became NaN/inf at step {step} (term: {', '.join(bad) or 'total'}). Nothing from "
-        f"this step was saved; the last good frames and checkpoint stay in {run.run_dir}. Lower "
-        "optimizer.lr or that term's weight, or use precision=fp32, then start again or resume "
-        f"with resume={run.run_dir}."
+        f"The loss was NaN/inf at step {step} (term: {', '.join(bad) or 'total'}). Nothing from "
+        f"this step was saved. {after}"
     )
+
+
+def saved_step(path: Path) -> int | None:
+    """The step of a run's checkpoint.pt, or None when there is none (or it is unreadable)."""
+    import torch
+
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
+    except (OSError, RuntimeError, KeyError, ValueError):
+        return None
 
 
 def current_image(run: Run):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -36,3 +37,32 @@ def test_no_pair_warning_when_pairs_exist_or_loss_is_off(tmp_path, overrides):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         build_tiny(tmp_path, overrides)
+
+
+def nan_run(tmp_path, monkeypatch, nan_from: int, save_every: int) -> str:
+    """A tiny run whose TV term is NaN from optimisation step `nan_from` on; its error message."""
+    from genart import losses
+    from genart.errors import UserError
+    from tests.conftest import run_tiny
+
+    monkeypatch.setattr(losses.TVLoss, "forward", lambda self, ctx: ctx.image.sum() * math.nan)
+    overrides = ["steps=6", "log_every=2", f"save_every={save_every}"]
+    overrides += ["+losses.tv._target_=genart.losses.TVLoss", f"+losses.tv.start={nan_from}"]
+    with pytest.raises(UserError) as caught:
+        run_tiny(tmp_path / "nan", overrides)
+    return str(caught.value)
+
+
+def test_nan_before_any_save_says_nothing_was_saved(tmp_path, monkeypatch):
+    message = nan_run(tmp_path, monkeypatch, nan_from=1, save_every=50)
+    assert not (tmp_path / "nan" / "checkpoint.pt").exists()
+    assert "at step 2 (term: tv)" in message
+    assert "Nothing has been saved yet" in message and "start again" in message
+    assert "checkpoint" not in message and "resume=" not in message
+
+
+def test_nan_after_a_save_names_the_checkpoint_step_and_resume(tmp_path, monkeypatch):
+    message = nan_run(tmp_path, monkeypatch, nan_from=3, save_every=2)
+    assert "at step 4 (term: tv)" in message
+    assert "checkpoint.pt of step 2" in message
+    assert f"python -m genart resume={tmp_path / 'nan'}" in message
