@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -175,6 +176,15 @@ class CLIPModel(nn.Module):
         """torch.compile the image tower (the first call compiles)."""
         self.model.visual.compile()
 
+    def text_overflow(self, text: str) -> tuple[int, int]:
+        """(tokens of `text` the tokenizer drops, its context length in tokens)."""
+        encode = getattr(self.tokenizer, "encode", None)
+        context = getattr(self.tokenizer, "context_length", None)
+        if encode is None or not context:  # a tokenizer without a plain BPE encode: cannot tell
+            return 0, 0
+        # the start and end markers take two of the context's tokens
+        return max(0, len(encode(text)) + 2 - context), context
+
     @torch.no_grad()
     def _embed_text(self, text: str) -> torch.Tensor:
         tokens = self.tokenizer([text]).to(self.device)  # (1, context_length)
@@ -210,6 +220,7 @@ class Guide(nn.Module):
         if not kept:
             raise UserError("guide: every model is switched off (guide.models.* are all null).")
         self.models = nn.ModuleDict(kept)
+        self._checked: set[str] = set()  # texts already checked for truncation (warn once)
 
     @property
     def names(self) -> list[str]:
@@ -238,7 +249,22 @@ class Guide(nn.Module):
 
     def encode_text(self, texts: Sequence[str]) -> list[torch.Tensor]:
         """Per model (P, D) unit vectors, cached per string."""
+        for text in dict.fromkeys(texts):
+            if text not in self._checked:
+                self._checked.add(text)
+                self._warn_if_truncated(text)
         return [model.encode_text(texts) for model in self.models.values()]
+
+    def _warn_if_truncated(self, text: str) -> None:
+        dropped, context = max(model.text_overflow(text) for model in self.models.values())
+        if dropped:
+            short = text if len(text) <= 60 else text[:57] + "..."
+            warnings.warn(
+                f'the prompt "{short}" is longer than CLIP\'s context of {context} tokens: its '
+                f"last {dropped} tokens are ignored. Shorten it, or split it into prompts joined "
+                'with "|".',
+                stacklevel=3,
+            )
 
     def encode_image(self, pixels: torch.Tensor) -> list[torch.Tensor]:
         """pixels (N, 3, S, S) in [0, 1] -> per model (N, D) unit vectors."""

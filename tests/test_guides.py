@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -193,3 +194,23 @@ def test_unknown_tag_is_a_clear_error():
     config = tiny_config()
     with pytest.raises(UserError, match="no tag"):
         CLIPModel(**config, tag="openai")
+
+
+def test_a_prompt_longer_than_the_context_warns_once_naming_it():
+    guide = build_guide("clip_tiny")
+    long = "a red door " * 30  # 90 tokens + start and end markers: 15 past the 77
+    with pytest.warns(UserWarning) as caught:
+        guide.encode_text([long, "a cave", long])
+        guide.encode_text([long])
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert '"a red door a red door' in message and "..." in message and len(message) < 300
+    assert "77 tokens" in message and "last 15 tokens" in message
+
+
+def test_a_prompt_that_fits_does_not_warn():
+    guide = build_guide("clip_tiny")
+    fits = " ".join(["sea"] * 75)  # exactly the 75 tokens of text CLIP reads
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        guide.encode_text([fits])
