@@ -1,4 +1,7 @@
-"""A static, offline HTML page comparing the jobs of one Hydra multirun sweep, sortable by score."""
+"""A static, offline HTML page comparing the jobs of one Hydra multirun sweep, sortable by score.
+
+Given a single run's folder instead, the page shows that one run.
+"""
 
 from __future__ import annotations
 
@@ -91,19 +94,38 @@ class Job:
 
 
 def find_jobs(sweep_dir: Path) -> list[Path]:
-    """Numbered job folders of a multirun dir, in job order; a `UserError` when there are none."""
-    numbered = [d for d in sweep_dir.iterdir() if d.name.isdigit()] if sweep_dir.is_dir() else []
-    jobs = [d for d in numbered if any((d / m).exists() for m in JOB_MARKERS)]
-    if not jobs:
-        hint = ""
-        if any((sweep_dir / m).exists() for m in JOB_MARKERS) or (sweep_dir / ".hydra").is_dir():
-            hint = f" It looks like a single job; pass its sweep folder {sweep_dir.parent} instead."
-        raise UserError(
-            f"{sweep_dir} is not a Hydra multirun folder: expected numbered job folders "
-            f"(0/, 1/, ...) holding result.json or final.png, as a sweep "
-            f"(`python -m genart -m ...`) writes under outputs/multirun/<date>/<time>/.{hint}"
-        )
-    return sorted(jobs, key=lambda d: int(d.name))
+    """Numbered job folders of a multirun dir, in job order, or a single run's own folder.
+
+    A `UserError` for a job of a sweep (naming the sweep's folder) and for a folder of neither.
+    """
+    jobs = [d for d in _numbered(sweep_dir) if _is_job(d)]
+    if jobs:
+        return sorted(jobs, key=lambda d: int(d.name))
+    if _is_job(sweep_dir):
+        here = sweep_dir.resolve()
+        if here.name.isdigit() and (
+            (here.parent / "multirun.yaml").exists() or len(_numbered(here.parent)) > 1
+        ):
+            sweep = sweep_dir.parent if sweep_dir.name == here.name else here.parent  # as typed
+            raise UserError(
+                f"{sweep_dir} is job {here.name} of a sweep; its gallery compares every job of "
+                f"the sweep: python -m genart.gallery {sweep}"
+            )
+        return [sweep_dir]  # a single run: a page of one
+    raise UserError(
+        f"{sweep_dir} is not a Hydra multirun folder: expected numbered job folders "
+        f"(0/, 1/, ...) holding result.json or final.png, as a sweep "
+        f"(`python -m genart -m ...`) writes under outputs/multirun/<date>/<time>/, or a single "
+        "run's folder (outputs/<date>/<time>/)."
+    )
+
+
+def _numbered(folder: Path) -> list[Path]:
+    return [d for d in folder.iterdir() if d.name.isdigit()] if folder.is_dir() else []
+
+
+def _is_job(folder: Path) -> bool:
+    return any((folder / m).exists() for m in JOB_MARKERS) or (folder / ".hydra").is_dir()
 
 
 def read_job(path: Path) -> Job:
@@ -116,7 +138,8 @@ def read_job(path: Path) -> Job:
     score = result.get("score")
     score = float(score) if ok and isinstance(score, int | float) and math.isfinite(score) else None
     error = None if ok else _error_line(result.get("error"), error_txt)
-    return Job(path, int(path.name), ok, score, seed, [str(o) for o in overrides], error)
+    number = int(path.name) if path.name.isdigit() else 0  # a single run: job 0
+    return Job(path, number, ok, score, seed, [str(o) for o in overrides], error)
 
 
 def _read_json(path: Path) -> dict:
@@ -264,10 +287,12 @@ def build_gallery(sweep_dir: Path, out: Path | None = None) -> Path:
         write_assets(job)
     common = set.intersection(*(set(j.overrides) for j in jobs)) if len(jobs) > 1 else set()
     failed = sum(not j.ok for j in jobs)
-    summary = f"{len(jobs)} jobs · {len(jobs) - failed} ok · {failed} failed · {sweep_dir}"
-    where = sweep_dir.resolve()  # outputs/multirun/<date>/<time>: name it by date and time
+    count = f"{len(jobs)} job" + ("s" if len(jobs) != 1 else "")
+    summary = f"{count} · {len(jobs) - failed} ok · {failed} failed · {sweep_dir}"
+    where = sweep_dir.resolve()  # outputs/[multirun/]<date>/<time>: name it by date and time
+    kind = "run" if jobs[0].path == sweep_dir else "sweep"
     page = PAGE.substitute(
-        title=html.escape(f"genart sweep {where.parent.name}/{where.name}"),
+        title=html.escape(f"genart {kind} {where.parent.name}/{where.name}"),
         summary=html.escape(summary),
         cards="\n".join(render_card(j, out.parent, common) for j in jobs),
     )
@@ -277,7 +302,9 @@ def build_gallery(sweep_dir: Path, out: Path | None = None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m genart.gallery", description=__doc__)
-    parser.add_argument("sweep_dir", type=Path, help="e.g. outputs/multirun/2024-05-01/12-00-00")
+    parser.add_argument(
+        "sweep_dir", type=Path, help="e.g. outputs/multirun/2024-05-01/12-00-00 (or a single run's)"
+    )
     parser.add_argument("--open", action="store_true", help="open the page in a web browser")
     args = parser.parse_args(argv)
     try:

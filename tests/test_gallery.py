@@ -146,20 +146,38 @@ def test_long_runs_are_subsampled_ending_on_last_frame(tmp_path: Path):
         assert abs(np.asarray(webp.convert("RGB"))[..., 1].mean() - 129) < 4
 
 
-@pytest.mark.parametrize("layout", ["missing", "empty", "unnumbered", "single_job"])
-def test_not_a_sweep_exits_2_with_message(tmp_path: Path, sweep: Path, layout: str, capsys):
-    target = {
-        "missing": tmp_path / "nope",
-        "empty": tmp_path / "empty",
-        "unnumbered": tmp_path / "runs",
-        "single_job": sweep / "1",
-    }[layout]
+@pytest.mark.parametrize("layout", ["missing", "empty", "unnumbered"])
+def test_not_a_sweep_exits_2_with_message(tmp_path: Path, layout: str, capsys):
+    folder = {"missing": "nope", "empty": "empty", "unnumbered": "runs"}[layout]
+    target = tmp_path / folder
     if layout in ("empty", "unnumbered"):
         (target / "a").mkdir(parents=True)
     assert main([str(target)]) == 2
     err = capsys.readouterr().err
     assert "not a Hydra multirun folder" in err and "Traceback" not in err
-    assert ("single job" in err) == (layout == "single_job")
+
+
+@pytest.mark.parametrize("typed", ["path", "dot"])
+def test_job_of_a_sweep_points_at_the_sweep(sweep: Path, typed: str):
+    job = sweep / "1"
+    done = cli("genart.gallery", *([str(job)] if typed == "path" else ["."]), cwd=job)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    command = done.stderr.split("python -m genart.gallery ")[-1].strip()
+    assert (job / command).resolve() == sweep.resolve()  # the path works from where it was typed
+    assert cli("genart.gallery", command, cwd=job).returncode == 0
+    assert (sweep / "index.html").exists()
+
+
+def test_a_single_run_gets_a_page_of_its_own(tmp_path: Path):
+    run = tmp_path / "outputs" / "2024-05-01" / "12-00-00"  # hydra.run.dir, not a sweep's job
+    write_job(run, ["prompts.left=forest"], seed=7, score=0.25)
+    assert main([str(run)]) == 0
+    page = (run / "index.html").read_text()
+    assert "genart run 2024-05-01/12-00-00" in page and "1 job · 1 ok · 0 failed" in page
+    assert 'data-score="0.25"' in page and "prompts.left=forest" in page
+    parser = Links()
+    parser.feed(page)
+    assert len(parser.links) >= 3 and all((run / unquote(link)).is_file() for link in parser.links)
 
 
 def test_cli_prints_index_and_exits_2_on_bad_dir(sweep: Path, tmp_path: Path):
