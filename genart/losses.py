@@ -111,7 +111,9 @@ class SemanticSymmetryLoss(Loss):
         return ctx.over_models(one_model)
 
 
-def _blurred(x: torch.Tensor, sigma: float) -> torch.Tensor:
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of (B, C, H, W) with a kernel radius of ceil(3σ) px (the tails beyond are
+    < 0.3 %), reflecting at the border; the one blur of genart (losses and `init.blur`)."""
     import kornia.filters
 
     k = 2 * math.ceil(3 * sigma) + 1
@@ -128,7 +130,7 @@ class ToneSymmetryLoss(Loss):
     def forward(self, ctx: LossContext) -> torch.Tensor:
         import kornia.color
 
-        tone = _blurred(kornia.color.rgb_to_grayscale(ctx.image.float()), self.sigma)
+        tone = gaussian_blur(kornia.color.rgb_to_grayscale(ctx.image.float()), self.sigma)
         return (tone - tone.flip(-1)).abs().mean()
 
 
@@ -144,7 +146,7 @@ class EdgeSymmetryLoss(Loss):
         import kornia.filters
 
         edges = kornia.filters.sobel(kornia.color.rgb_to_grayscale(ctx.image.float()))
-        edges = _blurred(edges, self.sigma)
+        edges = gaussian_blur(edges, self.sigma)
         return ((edges - edges.flip(-1)) ** 2).mean()
 
 

@@ -193,11 +193,9 @@ def load_init_image(init: DictConfig, size: tuple[int, int]):
     else:
         return None
     if init.get("blur"):
-        import kornia.filters
+        from genart.losses import gaussian_blur  # the symmetry losses' blur: one kernel radius
 
-        sigma = float(init.blur)
-        k = 2 * int(3 * sigma) + 1
-        image = kornia.filters.gaussian_blur2d(image, (k, k), (sigma, sigma), border_type="reflect")
+        image = gaussian_blur(image, float(init.blur))
     return image
 
 
