@@ -326,21 +326,21 @@ def optimise(cfg: DictConfig, run: Run, targets: list, init: dict) -> None:
     """The loop: steps, progress bar (loss refreshed every log_every), callbacks."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=cfg.steps, initial=run.start_step, desc="genart", dynamic_ncols=True)
-    for step in range(run.start_step, cfg.steps):
-        out = guided_step(run, step, targets, init)
-        run.step = done = step + 1
-        log = done % cfg.log_every == 0 or done == cfg.steps
-        save = done % cfg.save_every == 0 or done == cfg.steps
-        if log or save:
-            check_finite(out, done, run)
-        state = {**out, "step": done, "log": log, "save": save, "image": current_image(run)}
-        for callback in run.callbacks:
-            callback.on_step(state)
-        bar.update(1)
-        if log:
-            bar.set_postfix(loss=f"{float(out['total'].detach()):.4f}")
-    bar.close()
+    # a context, so an error mid-run closes the bar (ending its line) before the message prints
+    with tqdm(total=cfg.steps, initial=run.start_step, desc="genart", dynamic_ncols=True) as bar:
+        for step in range(run.start_step, cfg.steps):
+            out = guided_step(run, step, targets, init)
+            run.step = done = step + 1
+            log = done % cfg.log_every == 0 or done == cfg.steps
+            save = done % cfg.save_every == 0 or done == cfg.steps
+            if log or save:
+                check_finite(out, done, run)
+            state = {**out, "step": done, "log": log, "save": save, "image": current_image(run)}
+            for callback in run.callbacks:
+                callback.on_step(state)
+            bar.update(1)
+            if log:
+                bar.set_postfix(loss=f"{float(out['total'].detach()):.4f}")
 
 
 def score_image(run: Run, image, targets: list, step: int, n_views: int, seed: int) -> float:
