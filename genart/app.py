@@ -13,6 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from genart.checks import check_config
 from genart.errors import UserError
 
 FAILED_STATUS = float("nan")  # what a failed job returns to sweepers
@@ -45,6 +46,7 @@ def run_job(cfg: DictConfig) -> float:
     try:
         if cfg.get("resume"):
             cfg, run_dir = prepare_resume(cfg, meta["overrides"])
+        check_config(cfg)  # before weights are fetched or models built
         from genart.run import run
 
         return run(cfg, run_dir, meta, resume=bool(cfg.get("resume")))

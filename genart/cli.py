@@ -27,6 +27,9 @@ def before_hydra(argv: list[str]) -> None:
     extra = user_preset_dirs()
     if extra and not any(a.startswith("hydra.searchpath") for a in argv):
         sys.argv.insert(1, "hydra.searchpath=[" + ",".join(f"file://{d}" for d in extra) + "]")
+    from genart.checks import check_output_dir
+
+    check_output_dir(argv)  # a file where Hydra makes the run dir: one paragraph, no traceback
 
 
 def refine_last(argv: list[str]) -> list[str]:

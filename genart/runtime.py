@@ -21,16 +21,33 @@ def pick_device(name: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(name)
-    unavailable = (device.type == "cuda" and not torch.cuda.is_available()) or (
-        device.type == "mps" and not torch.backends.mps.is_available()
-    )
-    if unavailable:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
         raise UserError(
-            f"device={name} was asked for, but this machine has no {device.type.upper()} device "
+            f"device={name} is not a device name torch knows. Use device=auto (cuda → mps → cpu), "
+            "device=cpu, device=cuda (or cuda:1 for the second GPU) or device=mps."
+        ) from None
+    if not device_available(device):
+        what = device if device.index is not None else device.type.upper()
+        raise UserError(
+            f"device={name} was asked for, but this machine has no {what} device "
             "that torch can use. Use device=auto (cuda → mps → cpu) or device=cpu."
         )
     return device
+
+
+def device_available(device: torch.device) -> bool:
+    """cpu always; cuda, mps, xpu, … if torch's backend for it is built and sees a device."""
+    if device.type == "cpu":
+        return True
+    if device.type == "mps":
+        return torch.backends.mps.is_available()
+    backend = getattr(torch, device.type, None)  # torch.cuda, torch.xpu, …; none for meta, xla
+    if not getattr(backend, "is_available", lambda: False)():
+        return False
+    count = getattr(backend, "device_count", lambda: 1)()
+    return device.index is None or device.index < count
 
 
 def seed_everything(seed: int) -> None:
