@@ -4,6 +4,9 @@ import contextlib
 import functools
 import http.server
 import json
+import os
+import shutil
+import sys
 import threading
 from html.parser import HTMLParser
 from pathlib import Path
@@ -16,7 +19,8 @@ from PIL import Image
 from genart.gallery import build_gallery, main, read_job, save_trajectory
 from tests.conftest import REPO, cli
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")  # Debian's: apt, not a download
+CHROMEDRIVER = Path(shutil.which("chromedriver") or "/usr/bin/chromedriver")
 SCORES = [0.1, 0.3, 0.2]  # jobs 0, 1, 2; job 3 fails
 HOSTILE = "prompts.left='<script>alert(1)</script> & \"co\"'"
 
@@ -230,6 +234,33 @@ def chromium(profile: Path):
         driver.quit()
 
 
+def on_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false")
+
+
+def require_browser() -> None:
+    """Skip without Chromium, chromedriver or selenium; fail instead under CI=true (CI installs
+    them, so a missing one is a broken CI, not a reason to skip)."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("selenium (pip install selenium)")
+    if missing:
+        reason = f"needs {', '.join(missing)}: apt-get install -y chromium chromium-driver"
+        (pytest.fail if on_ci() else pytest.skip)(reason)
+
+
+def test_missing_browser_fails_under_ci_and_skips_elsewhere(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="no-chromium"):
+        require_browser()
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match="no-chromium"):
+        require_browser()
+
+
 def card_order(driver, attribute: str) -> list[str]:
     script = f"return Array.from(document.querySelectorAll('#grid .card')).map(c => c.{attribute})"
     return driver.execute_script(script)
@@ -237,9 +268,7 @@ def card_order(driver, attribute: str) -> list[str]:
 
 @pytest.mark.slow
 def test_browser_loads_images_and_sorts(sweep: Path, tmp_path: Path):
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip("needs Debian Chromium: apt-get install -y chromium chromium-driver")
-    pytest.importorskip("selenium", reason="needs selenium (pip install selenium)")
+    require_browser()
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
