@@ -170,9 +170,10 @@ def check_output_dir(argv: list[str]) -> None:
     so this reads those two, before Hydra starts. Interpolated parts (`${now:…}`) are not
     resolved: only the literal directories before them are checked.
     """
+    from genart.overrides import is_multirun
     from genart.safety import OVERRIDE, read_main_config
 
-    key = "hydra.sweep.dir" if {"-m", "--multirun"} & set(argv) else "hydra.run.dir"
+    key = "hydra.sweep.dir" if is_multirun(argv) else "hydra.run.dir"
     section, name = key.split(".")[1:]
     value = read_main_config().get("hydra", {}).get(section, {}).get(name)
     for arg in argv:
