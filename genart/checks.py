@@ -62,6 +62,7 @@ RULES = (
     Rule("init.blur", 0, False, "the blur sigma in px for the init image (0 = none)",
          "init.blur=2.0", nullable=True),
 )  # fmt: skip
+_ABSENT = object()  # a key the config does not have (None is a value: `threads: null`)
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -233,9 +234,6 @@ def show(value: Any) -> str:
     if isinstance(value, (DictConfig, ListConfig)):
         return str(OmegaConf.to_container(value))
     return str(value)
-
-
-_ABSENT = object()
 
 
 def _is_int(value: Any) -> bool:
