@@ -67,7 +67,7 @@ def quote(text: str) -> str:
 def as_typed(argv: list[str]) -> list[str]:
     """The command line with free-text values quoted for Hydra (see the module docstring)."""
     multirun = is_multirun(argv)
-    after_flag = [False, *(a in VALUE_FLAGS for a in argv[:-1])]  # `--cfg job`: job is no override
+    after_flag = [i > 0 and argv[i - 1] in VALUE_FLAGS for i in range(len(argv))]  # `--cfg job`
     return [a if flag else _as_typed(a, multirun) for a, flag in zip(argv, after_flag, strict=True)]
 
 

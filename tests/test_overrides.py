@@ -55,6 +55,10 @@ def test_a_sweep_still_splits_wordings_at_commas():
     assert as_typed(["seed=range(0,8)", "-m"]) == ["seed=range(0,8)", "-m"]
 
 
+def test_no_arguments_no_change():
+    assert as_typed([]) == [] and as_typed(["-m"]) == ["-m"]
+
+
 def test_flag_values_are_not_overrides():
     argv = ["--config-dir", "/tmp/a=b", "--cfg", "job", "prompts.text=x, y"]
     assert as_typed(argv) == ["--config-dir", "/tmp/a=b", "--cfg", "job", "prompts.text='x, y'"]
