@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from genart.checks import check_config
+from genart.checks import check_config, check_prompt_source
 from genart.errors import UserError
 
 FAILED_STATUS = float("nan")  # what a failed job returns to sweepers
@@ -46,6 +46,8 @@ def run_job(cfg: DictConfig) -> float:
     try:
         if cfg.get("resume"):
             cfg, run_dir = prepare_resume(cfg, meta["overrides"])
+        else:
+            check_prompt_source(cfg, HydraConfig.get().runtime.choices, meta["overrides"])
         check_config(cfg)  # before weights are fetched or models built
         from genart.run import run
 

@@ -164,6 +164,43 @@ def check_device(cfg: DictConfig) -> None:
     pick_device(str(cfg.get("device", "auto")))
 
 
+def check_prompt_source(cfg: DictConfig, choices: dict, overrides: list[str]) -> None:
+    """`+refine` keeps the prompts it is given; with neither a preset nor a `prompts` override it
+    would pull an edited image towards the default lighthouse prompt."""
+    typed = [o.lstrip("+~").partition("=")[0] for o in overrides]
+    if (
+        not choices.get("refine")
+        or choices.get("preset")
+        or any(k == "prompts" or k.startswith("prompts.") for k in typed)
+    ):
+        return
+    recorded = _recorded_prompts(cfg.init.get("image"))
+    hint = f' Its PNG records the prompts it was rendered with: "{recorded}".' if recorded else ""
+    raise UserError(
+        f"+refine={choices['refine']} re-optimises an edited image under the prompts it was "
+        "rendered with, but no preset and no prompt is given, so it would pull the image towards "
+        f'the default prompt ("{cfg.prompts.get("text")}").{hint} Add the preset you rendered '
+        "with, e.g. +preset=doorways/forest_kelp_forest +refine=details init.image=edited.png, or "
+        "type the prompts, e.g. prompts.text='a forest at dawn'."
+    )
+
+
+def _recorded_prompts(image: str | None) -> str | None:
+    """The `prompts` text chunk genart writes into final.png (an edit may have dropped it)."""
+    if not image:
+        return None
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings(), Image.open(Path(image).expanduser()) as png:
+            warnings.simplefilter("ignore")  # the run's own image check reports a bomb
+            return png.info.get("prompts")  # chunks before the pixels: nothing is decoded
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
 def check_output_dir(argv: list[str]) -> None:
     """Hydra makes the run (or sweep) dir before genart runs; a file in its way is a traceback there.
 

@@ -77,3 +77,22 @@ def test_refine_an_edited_catalogue_doorway(tmp_path):
 def test_refine_without_an_init_image_says_so(tmp_path):
     with pytest.raises(UserError, match="init.image"):
         run_tiny(tmp_path / "refine", [*REFINE, "steps=1"])
+
+
+def test_refine_with_no_preset_and_no_prompt_is_refused_naming_the_pngs_prompts(tmp_path):
+    import torch
+
+    from genart.checks import check_prompt_source
+    from genart.images import save_png
+
+    save_png(torch.rand(1, 3, 8, 8), tmp_path / "final.png", {"prompts": "a kelp forest"})
+    cfg = compose(["+refine=details", f"init.image={tmp_path / 'final.png'}"])
+    with pytest.raises(UserError, match='default prompt.*"a kelp forest".*\\+preset='):
+        check_prompt_source(cfg, {"refine": "details"}, ["+refine=details"])
+    for choices, overrides in [
+        ({"refine": "details", "preset": "doorway"}, []),  # the preset's prompts
+        ({"refine": "details"}, ["prompts.text=a forest"]),  # typed prompts
+        ({"refine": "details"}, ["prompts=story"]),  # a prompts option
+        ({}, []),  # no refining: the default prompt is what the user asked for
+    ]:
+        check_prompt_source(cfg, choices, overrides)
