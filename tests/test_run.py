@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 
 import numpy as np
 import pytest
@@ -11,10 +13,20 @@ from PIL import Image
 
 from genart.errors import UserError
 from tests.conftest import compose, run_tiny
+from tests.recorder import changed_fraction, record
+
+# At the presets' lr (0.025; 0.1 by default) the tiny VQGAN's straight-through codes never flip in
+# a few steps, so its image does not move and any "same image again" holds even if nothing was
+# restored. At lr 0.5 its codes flip from the second step on and the image moves every step.
+MOVING = "optimizer.lr=0.5"
 
 
 def pixels(path):
     return np.asarray(Image.open(path))
+
+
+def same_theta(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.theta, b.theta, strict=True))
 
 
 def test_run_writes_the_run_dir(tmp_path):
@@ -30,11 +42,15 @@ def test_run_writes_the_run_dir(tmp_path):
     assert "generator:" in text["config"]
 
 
-def test_same_seed_same_pixels_other_seed_other_pixels(tmp_path):
-    run_tiny(tmp_path / "a", ["steps=3", "seed=5"])
-    run_tiny(tmp_path / "b", ["steps=3", "seed=5"])
-    run_tiny(tmp_path / "c", ["steps=3", "seed=6"])
+def test_same_seed_same_pixels_other_seed_other_pixels(tmp_path, monkeypatch):
+    seen = record(monkeypatch)
+    run_tiny(tmp_path / "a", ["steps=3", "seed=5", MOVING])
+    run_tiny(tmp_path / "b", ["steps=3", "seed=5", MOVING])
+    run_tiny(tmp_path / "c", ["steps=3", "seed=6", MOVING])
+    a, b, _ = seen
+    assert changed_fraction(a.start, a.final) > 0.5, "the image must move, or equality means little"
     assert np.array_equal(pixels(tmp_path / "a/final.png"), pixels(tmp_path / "b/final.png"))
+    assert torch.equal(a.final, b.final) and same_theta(a, b)
     assert not np.array_equal(pixels(tmp_path / "a/final.png"), pixels(tmp_path / "c/final.png"))
 
 
@@ -43,8 +59,14 @@ class Interrupt(Exception):
 
 
 def test_resume_reaches_the_uninterrupted_image(tmp_path, monkeypatch):
-    common = ["steps=6", "save_every=3", "log_every=1", "+preset=doorway", "size=[64,64]"]
+    common = ["steps=6", "save_every=3", "log_every=1", "+preset=doorway", "size=[64,64]", MOVING]
+    seen = record(monkeypatch)
     run_tiny(tmp_path / "whole", common)
+    whole = seen[-1]
+    # the image moves before the checkpoint (step 3) and after it: a resume that restored no θ,
+    # no optimiser state or no RNG state would end elsewhere
+    assert changed_fraction(whole.start, whole.frames[3]) > 0.5
+    assert changed_fraction(whole.frames[3], whole.final) > 0.5
 
     from genart.callbacks.checkpoint import CheckpointCallback
 
@@ -62,6 +84,9 @@ def test_resume_reaches_the_uninterrupted_image(tmp_path, monkeypatch):
     assert not (tmp_path / "cut/final.png").exists()
     monkeypatch.setattr(CheckpointCallback, "on_step", original)
     run_tiny(tmp_path / "cut", common, resume=True)
+    resumed = seen[-1]
+    assert torch.equal(resumed.start, whole.frames[3]), "the resumed run starts from step 3's θ"
+    assert torch.equal(resumed.final, whole.final) and same_theta(resumed, whole)
     assert np.array_equal(pixels(tmp_path / "whole/final.png"), pixels(tmp_path / "cut/final.png"))
     steps = [
         int(line.split(",")[0])
@@ -187,12 +212,114 @@ def test_a_preset_switches_a_loss_off_with_null(tmp_path):
     } <= set(header)
 
 
-def test_image_prompts(tmp_path):
+@pytest.mark.parametrize("sigma", [0.0, 1.0, 2.0])
+def test_init_blur_is_a_gaussian_of_that_sigma(tmp_path, monkeypatch, sigma):
+    import kornia.filters
+
+    noise = np.random.default_rng(0).integers(30, 226, (64, 64, 3), np.uint8)
+    Image.fromarray(noise).save(tmp_path / "init.png")
+    seen = record(monkeypatch)
+    run_tiny(
+        tmp_path / "run",
+        [
+            "generator=pixels",
+            "steps=1",
+            f"init.image={tmp_path / 'init.png'}",
+            f"init.blur={sigma}",
+        ],
+    )
+    expected = torch.from_numpy(noise / np.float32(255)).permute(2, 0, 1)[None]  # (1, 3, H, W)
+    if sigma:  # 3σ is whole here, so a radius of int(3σ) and of ceil(3σ) agree
+        k = 2 * math.ceil(3 * sigma) + 1
+        blurred = kornia.filters.gaussian_blur2d(expected, (k, k), (sigma, sigma), "reflect")
+        assert (blurred - expected).abs().max() > 0.2  # noise: any real blur shows
+        expected = blurred
+    # the pixel generator shows its init as sigmoid(logit(image)): the image itself
+    assert torch.allclose(seen[0].start, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("space", ["latent", "image"])
+def test_init_pull_measures_the_distance_to_the_init(tmp_path, space):
+    noise = np.random.default_rng(0).integers(30, 226, (64, 64, 3), np.uint8)
+    Image.fromarray(noise).save(tmp_path / "init.png")
+    run_tiny(
+        tmp_path / "pull",
+        [
+            "generator=pixels",  # its image moves every step, so an image-space pull is measurable
+            "steps=3",
+            "log_every=1",
+            f"init.image={tmp_path / 'init.png'}",
+            "+losses.init_image._target_=genart.losses.InitImageLoss",
+            f"+losses.init_image.space={space}",
+        ],
+    )
+    rows = list(csv.DictReader((tmp_path / "pull/stats/losses.csv").open()))
+    pull = [float(row["init_image"]) for row in rows]
+    assert pull[0] == 0  # the first step starts at the init
+    assert all(value > 1e-6 for value in pull[1:]), pull  # later steps have left it
+
+
+def test_init_pull_keeps_the_run_near_the_init(tmp_path, monkeypatch):
+    noise = np.random.default_rng(0).integers(30, 226, (64, 64, 3), np.uint8)
+    Image.fromarray(noise).save(tmp_path / "init.png")
+    seen = record(monkeypatch)
+    for weight in (0, 10):  # Adam only sees directions: the pull must outweigh the prompt
+        run_tiny(
+            tmp_path / f"w{weight}",
+            [
+                "generator=pixels",
+                "steps=4",
+                f"init.image={tmp_path / 'init.png'}",
+                "+losses.init_image._target_=genart.losses.InitImageLoss",
+                f"+losses.init_image.weight={weight}",
+            ],
+        )
+    free, pulled = ((s.final - s.start).abs().mean() for s in seen)
+    assert pulled < 0.5 * free
+
+
+def test_image_prompts_enter_with_their_weight(tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48, 3), np.uint8)).save(
         tmp_path / "p.png"
     )
-    run_tiny(tmp_path / "img", ["steps=2", f"prompts.images=[{tmp_path / 'p.png'}:0.5]"])
-    assert (tmp_path / "img/final.png").exists()
+    prompt = {}
+    for weight in (0.5, 1.0):
+        run_dir = tmp_path / f"w{weight}"
+        overrides = [
+            "steps=1",
+            "prompts.text=null",
+            f"prompts.images=[{tmp_path / 'p.png'}:{weight}]",
+        ]
+        run_tiny(run_dir, overrides)
+        (row,) = csv.DictReader((run_dir / "stats/losses.csv").open())
+        prompt[weight] = float(row["prompt"])
+    assert prompt[1.0] > 0
+    assert prompt[0.5] == pytest.approx(0.5 * prompt[1.0], rel=1e-5)  # same views, half the weight
+
+
+def test_an_image_prompt_is_the_guide_embedding_of_that_image(tmp_path):
+    from types import SimpleNamespace
+
+    from hydra.utils import instantiate
+
+    from genart.prompts import PromptSchedule
+    from genart.run import embed_targets
+
+    guide = instantiate(compose(["guide=clip_tiny"]).guide)
+    size = guide.input_size  # the file has the guide's size: no resampling choice matters
+    array = np.random.default_rng(1).integers(0, 255, (size, size, 3), np.uint8)
+    Image.fromarray(array).save(tmp_path / "p.png")
+    schedule = PromptSchedule(text="sea", images=[f"{tmp_path / 'p.png'}:0.5"])
+    generator = SimpleNamespace(theta=lambda: [torch.zeros(1)])
+    (targets,) = embed_targets(SimpleNamespace(schedule=schedule, guide=guide, generator=generator))
+    image = torch.from_numpy(array / np.float32(255)).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        (expected,) = guide.encode_image(image)
+        (text,) = guide.encode_text(["sea"])
+    assert targets.shape == (2, expected.shape[1])
+    assert torch.allclose(targets[0], text[0]) and torch.allclose(
+        targets[1], expected[0], atol=1e-6
+    )
 
 
 def test_best_match_counts_cover_the_detail_views_only(tmp_path):
