@@ -124,6 +124,18 @@ def test_tone_symmetry_formula():
     )
 
 
+@pytest.mark.parametrize("sigma", [1.0, 2.0])
+def test_edge_symmetry_formula(sigma):
+    import kornia
+
+    image = torch.rand(1, 3, 24, 32)  # wider than tall: flip_x must flip the width
+    edges = kornia.filters.sobel(kornia.color.rgb_to_grayscale(image))  # (1, 1, H, W)
+    k = 2 * math.ceil(3 * sigma) + 1  # the kernel reaches 3σ on each side
+    blurred = kornia.filters.gaussian_blur2d(edges, (k, k), (sigma, sigma), border_type="reflect")
+    expected = ((blurred - blurred.flip(-1)) ** 2).mean()
+    assert torch.allclose(EdgeSymmetryLoss(sigma=sigma)(context(image=image)), expected, rtol=1e-5)
+
+
 def test_tv_zero_on_flat_image():
     assert TVLoss()(context(image=torch.full((1, 3, 8, 8), 0.3))) == 0
     assert TVLoss()(context(image=torch.rand(1, 3, 8, 8))) > 0
