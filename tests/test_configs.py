@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import shutil
+import subprocess
+import sys
+import zipfile
 
 import pytest
+import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -31,34 +35,127 @@ def without_weights(node):
     return OmegaConf.create(strip(container))
 
 
+def prompt_words(prompts) -> list[str]:
+    """What a prompts node asks for, one entry per prompt: subjects and texts, without weights."""
+    from genart.prompts import parse_prompt, split_prompts
+
+    node = OmegaConf.to_container(prompts, resolve=True)
+    subjects = [node.get(side) for side in ("left", "center", "right") if node.get(side)]
+    subjects += [anchor["subject"] for anchor in node.get("anchors") or ()]
+    words = [s.removeprefix("the ").removeprefix("The ") for s in subjects]  # "the the" fix
+    specs = [
+        node.get("text"),
+        node.get("composition"),
+        (node.get("best_match") or {}).get("prompts"),
+    ]
+    specs += [phase["text"] for phase in node.get("phases") or ()]
+    specs += [prompt["text"] for prompt in node.get("prompts") or ()]
+    words += [parse_prompt(spec)[0] for spec in split_prompts([s for s in specs if s])]
+    return words + [parse_prompt(spec)[0] for spec in node.get("images") or ()]
+
+
+def check_schedule(prompts) -> None:
+    """The node builds a PromptSchedule with one prompt per word it sets, each word in it."""
+    from genart.prompts import PromptSchedule
+
+    schedule = instantiate(prompts, _convert_="all")
+    assert isinstance(schedule, PromptSchedule)
+    words = prompt_words(prompts)
+    assert len(schedule.texts) == len(words), (schedule.texts, words)
+    for word in words:
+        assert any(word.lower() in t.lower() for t in schedule.texts), (word, schedule.texts)
+    suffix = prompts.get("suffix") or ""
+    texts = [p.text for p in schedule.prompts if not p.is_image]
+    assert all(t.endswith(suffix) for t in texts), (suffix, texts)
+
+
+def check_built(group: str, built, node) -> None:
+    """What each group's option must do once built (a leaf of the real run, not just exist)."""
+    if group == "generator":
+        from genart.generators.base import Generator
+
+        assert isinstance(built, Generator) and tuple(built.size) == (64, 48)
+        image = built()  # (1, 3, H, W) in [0, 1]
+        assert image.shape == (1, 3, 48, 64) and 0 <= image.min() and image.max() <= 1
+        assert image.std() > 0 and all(p.requires_grad for p in built.theta())
+    elif group == "guide":
+        s = built.input_size
+        images, texts = built.encode_image(torch.rand(2, 3, s, s)), built.encode_text(["a", "b c"])
+        assert len(images) == len(texts) == len(built.weights) == len(node.models)
+        for e, t in zip(images, texts, strict=True):
+            assert e.shape == (2, t.shape[1]) and t.shape[0] == 2
+            assert torch.allclose(e.norm(dim=-1), torch.ones(2), atol=1e-4)
+            assert torch.allclose(t.norm(dim=-1), torch.ones(2), atol=1e-4)
+    elif group == "cutouts":
+        views = built(torch.rand(1, 3, 48, 64), 0)
+        composition = node.composition.count if node.get("composition") else 0
+        assert views.pixels.shape == (node.cutn + composition, 3, 32, 32)
+        assert int(views.composition.sum()) == composition
+        assert bool((views.pair >= 0).any()) == bool(node.mirrored)
+        assert views.centres.abs().max() <= 1
+    elif group == "prompts":
+        check_schedule(node)
+    elif group == "losses":
+        from genart.losses import Loss
+
+        assert set(built) == {k for k, v in node.items() if v is not None}
+        for name, loss in built.items():
+            assert isinstance(loss, Loss) and loss.weight == node[name].get("weight", 1.0)
+    elif group == "optimizer":
+        theta = [torch.zeros(1, requires_grad=True)]
+        optimizer = built(params=theta)
+        assert isinstance(optimizer, torch.optim.Optimizer)
+        assert (
+            optimizer.param_groups[0]["lr"] == node.lr
+            and optimizer.param_groups[0]["params"] == theta
+        )
+    elif group == "logger":
+        from genart.callbacks import Callback
+
+        assert isinstance(built, Callback)
+
+
 @pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_and_instantiates(group, option):
     if (group, option) in SLOW_OPTIONS:
         pytest.skip("built in tests/test_guides.py (slow tier)")
-    cfg = compose([f"{group}={option}", "size=[64,64]"])
-    node = without_weights(cfg[group]) if cfg[group] is not None else None
+    cfg = compose([f"{group}={option}", "size=[64,48]"])
+    if not cfg[group]:  # empty: run.build adds no logger
+        assert (group, option) == ("logger", "none"), "only logger=none may switch its group off"
+        return
+    node = without_weights(cfg[group])
     if group == "losses":
         built = {k: instantiate(v) for k, v in node.items() if v is not None}
-        assert built and all(hasattr(v, "weight") for v in built.values())
     elif group == "cutouts":
-        assert callable(instantiate(node, cut_size=64))
-    elif group == "logger":
-        assert node is None or instantiate(node) is not None
-    elif group == "optimizer":
-        import torch
-
-        assert isinstance(
-            instantiate(node)(params=[torch.zeros(1, requires_grad=True)]), torch.optim.Optimizer
-        )
+        built = instantiate(node, cut_size=32)
     else:
-        assert instantiate(node, _convert_="all") is not None
+        built = instantiate(node, _convert_="all")
+    check_built(group, built, node)
+
+
+def leaves(node: dict, prefix: str = ""):
+    """(dotted key, value) of every leaf a YAML mapping sets; lists count as leaves."""
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_composes(preset):
     cfg = compose([f"+preset={preset}", "generator=vqgan_tiny", "guide=clip_tiny"])
-    assert cfg.prompts._target_ == "genart.prompts.PromptSchedule"
-    header = (REPO / "conf/preset" / f"{preset}.yaml").read_text().splitlines()
+    path = REPO / "conf/preset" / f"{preset}.yaml"
+    own = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    own.pop("defaults", None)
+    composed = OmegaConf.to_container(cfg, resolve=False)
+    for key, value in leaves(own):  # the preset's own values win over everything it extends
+        found = composed
+        for part in key.split("."):
+            found = found[part]
+        assert found == value, f"{preset} sets {key}={value!r}, the composed config has {found!r}"
+    check_schedule(cfg.prompts)
+    header = path.read_text().splitlines()
     assert header[0] == "# @package _global_"
     assert any(line.startswith("# description:") for line in header[:3]), (
         "a one-line description for `list`"
@@ -100,5 +197,44 @@ def test_an_invalid_override_is_refused():
         compose(["no_such_option=1"])
 
 
-def test_conf_is_a_package():
-    assert (Path(REPO) / "conf/__init__.py").exists()
+COMPOSE_FROM_INSTALL = """
+import conf, genart
+from hydra import compose, initialize_config_module
+with initialize_config_module(config_module="conf", version_base="1.3"):
+    cfg = compose(config_name="config", overrides=["+preset=doorways/forest_kelp_forest"])
+print(conf.__file__, genart.__file__, cfg.prompts.anchors[1].subject, sep="\\n")
+"""
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_every_config_and_composes_outside_the_repo(tmp_path):
+    """`pkg://conf` works only if conf/ is a package whose YAML files are in the built wheel."""
+    source = tmp_path / "src"  # built from a copy: a build writes build/ and *.egg-info/
+    for name in ("genart", "conf"):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, source / name)
+    pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index"]
+    out = subprocess.run(
+        [*pip, "-q", "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("genart-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    configs = {str(p.relative_to(REPO)) for p in (REPO / "conf").rglob("*.yaml")}
+    assert "conf/__init__.py" in shipped and configs <= shipped, sorted(configs - shipped)[:5]
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    elsewhere = tmp_path / "elsewhere"  # not the repo: only the installed files can be found
+    elsewhere.mkdir()
+    out = subprocess.run(
+        [sys.executable, "-c", COMPOSE_FROM_INSTALL],
+        cwd=elsewhere,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "site")},
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    conf_file, genart_file, subject = out.stdout.splitlines()[-3:]
+    site = str(tmp_path / "site")
+    assert conf_file.startswith(site) and genart_file.startswith(site)
+    assert subject == "kelp forest"  # a catalogue preset, nested two folders deep, composed
