@@ -1,4 +1,4 @@
-"""Every option of every config group composes and instantiates; every preset composes."""
+"""Every config option builds and works; every preset composes, its own values winning."""
 
 from __future__ import annotations
 

@@ -134,7 +134,7 @@ ATOL = 1e-4
 def golden_values(run_dir: Path, overrides: list[str], monkeypatch) -> tuple[list[float], float]:
     """The pinned values of one run, and the share of final.png's pixels that moved from the start."""
     seen = record(monkeypatch)
-    run_tiny(run_dir, ["precision=fp32", "logger=none", *overrides])
+    run_tiny(run_dir, ["precision=fp32", *overrides])
     (run,) = seen
     final = run.final  # (1, 3, H, W) in [0, 1], as saved to final.png before rounding
     values = final[0, 2, -3:, -3:].flatten().tolist() + [float(final.mean())]
