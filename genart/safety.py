@@ -1,18 +1,21 @@
-"""Refuses shared presets that could run code: a `hydra` node, or a `_target_` off the allow-list.
+"""Refuses shared presets that would change Hydra's own config or build objects genart does not.
 
-Runs before Hydra composes, reading YAML and Python source only (no torch, no hydra). A
-`_target_` is traced through the imports in the source, as Hydra's `_locate` would walk it, so an
-allowed prefix is no tunnel: `torch.optim.optimizer.torch.load` is `torch.load`, and is refused.
+The check judges what Hydra composes, not the preset's text: it composes genart's config with
+and without each named preset (Hydra's compose API, on the run's search path). With the preset,
+the `hydra` node must be unchanged, every `_target_` it brings must be an exact name genart's own
+conf/ uses (or one the user allowed), and what it brings may not call resolvers that build config
+nodes or read the environment.
 """
 
 from __future__ import annotations
 
-import ast
+import contextlib
 import fnmatch
-import functools
 import importlib.util
 import os
 import re
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,13 +23,37 @@ import yaml
 
 from genart.errors import UserError
 
-# Not all of `torch.`: torch.load unpickles, torch.hub.load fetches and runs code.
-DEFAULT_ALLOW = ("genart.", "torch.optim.", "kornia.augmentation.", "kornia.filters.")
-DENY = ("genart.presets.", "genart.safety.", "genart.cli.")  # tools that write files, not parts
+# Every `_target_` in genart's conf/ (tests/test_safety.py regenerates the list and compares):
+# exact names, because a module prefix such as `genart.` also reaches functions that write files.
+ALLOWED_TARGETS = frozenset(
+    {
+        "genart.callbacks.wandb.WandbCallback",
+        "genart.cutouts.CompositionWindows",
+        "genart.cutouts.Cutouts",
+        "genart.cutouts.SizeWeighting",
+        "genart.generators.pixels.PixelGenerator",
+        "genart.generators.vqgan.VQGANGenerator",
+        "genart.guides.CLIPModel",
+        "genart.guides.Guide",
+        "genart.losses.EdgeSymmetryLoss",
+        "genart.losses.InitImageLoss",
+        "genart.losses.PromptLoss",
+        "genart.losses.SemanticSymmetryLoss",
+        "genart.losses.TVLoss",
+        "genart.losses.ToneSymmetryLoss",
+        "genart.prompts.PromptSchedule",
+        "genart.seed_images.two_blotches",
+        "genart.sweep.SweepCallback",
+        "kornia.augmentation.ColorJitter",
+        "kornia.augmentation.RandomAffine",
+        "kornia.augmentation.RandomErasing",
+        "kornia.augmentation.RandomPerspective",
+        "torch.optim.Adam",
+        "torch.optim.AdamW",
+    }
+)
 PRESET_GROUP = "preset"
 OVERRIDE = re.compile(r"^(\+\+|\+|~)?([\w./-]+?)(@[\w.-]*)?=(.*)$")  # prefix, key, @package, value
-_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
-# Resolvers a shared preset may not use, and why.
 _BUILDS = "can build config nodes (and so a hidden `_target_`) from text"
 _REFUSED_RESOLVERS = {
     "oc.decode": _BUILDS,
@@ -34,38 +61,44 @@ _REFUSED_RESOLVERS = {
     "oc.env": "reads an environment variable (a token or password would be copied into the "
     "run's config, its W&B run and any preset saved from it)",
 }
-_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+_UNSET = object()  # a key one of two configs lacks (no value can pass for it)
+
+
+class _Choice(NamedTuple):
+    override: str  # one option, as Hydra composes it: `+preset=a`
+    name: str  # as the user names it: `doorways/forest`
+    path: Path  # the file Hydra will find first
 
 
 def check_presets(
-    overrides: list[str], search_dirs: list[Path], *, main_config: Path | None = None
+    argv: list[str], search_dirs: list[Path], *, main_config: Path | None = None
 ) -> None:
-    """Scan every preset the overrides select, and every file their defaults lists pull in.
+    """Compose every preset the command line names and refuse it if it is unsafe (a UserError).
 
-    `overrides` may be the whole command line: flags are skipped, and the dirs of `--config-dir`,
-    `hydra.searchpath=[...]` and the main config's `hydra.searchpath` join `search_dirs`.
+    `argv` may be the whole command line. `search_dirs` are the user's preset dirs (each holds
+    preset/NAME.yaml), which the run puts on Hydra's search path, as do `--config-dir` and
+    `hydra.searchpath=[...]`. `main_config` is the primary config (default conf/config.yaml).
     """
-    allow = allowed_prefixes(main_config)
-    dirs = [*search_dirs, *_extra_dirs(overrides, main_config)]
-    todo = [
-        (g, p)
-        for g, opt in _preset_choices(overrides, dirs)
-        for p in _locate_required(g, opt, dirs)
-    ]
-    seen: set[Path] = set()
-    while todo:
-        group, path = todo.pop()
-        if path.resolve() not in seen:
-            seen.add(path.resolve())
-            todo += _scan_file(path, group, dirs, allow)
+    if not _preset_overrides(argv):
+        return  # nothing to check: no file read, no Hydra imported
+    main = read_main_config(main_config)
+    primary = (main_config or conf_dir() / "config.yaml").resolve().parent
+    entries = _searchpath(argv, search_dirs, primary, main)
+    dirs = [primary, *(d for e in entries if "${" not in e and (d := searchpath_dir(e)))]
+    choices = [_locate_required(o, n, dirs) for o, n in _preset_choices(argv, dirs)]
+    allow = _allowed_targets(main)
+    with _composer(argv, entries, main_config) as compose:
+        base = compose(None)
+        for choice in choices:
+            _judge(compose(choice), base, choice, allow)
 
 
-def allowed_prefixes(main_config: Path | None = None) -> tuple[str, ...]:
-    """Built-in prefixes + GENART_ALLOW_TARGETS + `security.allow_targets` of the main config."""
+def _allowed_targets(main: dict) -> frozenset[str]:
+    """ALLOWED_TARGETS + GENART_ALLOW_TARGETS + `security.allow_targets` of the main config."""
     extra = os.environ.get("GENART_ALLOW_TARGETS", "").split(",")
-    listed = (read_main_config(main_config).get("security") or {}).get("allow_targets") or []
+    listed = (main.get("security") or {}).get("allow_targets") or []
     extra += listed.split(",") if isinstance(listed, str) else [str(p) for p in listed]
-    return DEFAULT_ALLOW + tuple(p.strip() for p in extra if p.strip())
+    return ALLOWED_TARGETS | {p.strip() for p in extra if p.strip()}
 
 
 def conf_dir() -> Path:
@@ -76,7 +109,8 @@ def conf_dir() -> Path:
 def read_main_config(main_config: Path | None = None) -> dict:
     """The main config file (conf/config.yaml) as plain YAML: no preset can reach into it."""
     path = main_config or conf_dir() / "config.yaml"
-    data = yaml.safe_load(path.read_text()) if path.is_file() else None
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 10x faster at start-up
+    data = yaml.load(path.read_text(), Loader=loader) if path.is_file() else None
     return data if isinstance(data, dict) else {}
 
 
@@ -88,13 +122,6 @@ def available_presets(search_dirs: list[Path]) -> list[str]:
         for p in (d / PRESET_GROUP).rglob("*.yaml")
     ]
     return sorted({p.with_suffix("").as_posix() for p in found})
-
-
-def _tokens(value: str) -> list[str]:
-    """The names in an override value: `a`, `a,b`, `[a,b]`, `choice(a,b)`, `glob(a*,exclude=b)`."""
-    value = re.sub(r"\w+\s*=\s*", " ", value)  # keyword arguments: keep their values (over-scan)
-    value = re.sub(r"\b\w+\(", " ", value)  # choice( glob( sort( shuffle(
-    return [t for t in re.split(r"[\s,()\[\]'\"]+", value) if t and t != "null"]
 
 
 def searchpath_dir(entry: str) -> Path | None:
@@ -109,44 +136,57 @@ def searchpath_dir(entry: str) -> Path | None:
     return Path(rest if sep else entry).expanduser().resolve()
 
 
-def _extra_dirs(argv: list[str], main_config: Path | None) -> list[Path]:
-    entries = (read_main_config(main_config).get("hydra") or {}).get("searchpath") or []
-    for flag, value in zip(argv, [*argv[1:], ""], strict=False):  # value: the next arg
-        m = OVERRIDE.match(flag)
-        if flag in ("-cd", "--config-dir") or (m and m[2] == "--config-dir"):
-            entries.append(value if flag in ("-cd", "--config-dir") else m[4])
-        elif m and m[2] == "hydra.searchpath":
-            entries += _tokens(m[4])
-    return [d for e in map(str, entries) if "${" not in e and (d := searchpath_dir(e))]
+def _tokens(value: str) -> list[str]:
+    """The names in an override value: `a`, `a,b`, `[a,b]`, `choice(a,b)`, `glob(a*,exclude=b)`."""
+    value = re.sub(r"\w+\s*=\s*", " ", value)  # keyword arguments: keep their values (over-scan)
+    value = re.sub(r"\b\w+\(", " ", value)  # choice( glob( sort( shuffle(
+    return [t for t in re.split(r"[\s,()\[\]'\"]+", value) if t and t != "null"]
 
 
-def _preset_choices(overrides: list[str], dirs: list[Path]) -> list[tuple[str, str]]:
+def _flag_values(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """Values of `--flag value` and `--flag=value`."""
+    pairs = zip(argv, [*argv[1:], ""], strict=False)  # value: the next arg
+    return [v for a, v in pairs if a in flags] + [
+        a.partition("=")[2] for a in argv if a.partition("=")[0] in flags
+    ]
+
+
+def _typed_searchpath(argv: list[str]) -> list[str] | None:
+    """The entries of the last `hydra.searchpath=[...]` on the command line, if any."""
+    typed = [m[4] for a in argv if (m := OVERRIDE.match(a)) and m[2] == "hydra.searchpath"]
+    return _tokens(typed[-1]) if typed else None
+
+
+def _preset_overrides(argv: list[str]) -> list[re.Match]:
+    """Overrides that select presets: `+preset=a,b`, `preset/sub=x`, `+preset@pkg=x`, ..."""
+    found = [(o, OVERRIDE.match(o.strip())) for o in argv]
+    return [
+        m for o, m in found if m and m[1] != "~" and m[2].strip("/").split("/")[0] == PRESET_GROUP
+    ]
+
+
+def _preset_choices(argv: list[str], dirs: list[Path]) -> list[tuple[str, str]]:
+    """(override, name) for every single option of every override that selects a preset."""
     found = []
-    for o in overrides:
-        m = OVERRIDE.match(o.strip())
-        group = m[2].strip("/") if m else ""
-        if not m or m[1] == "~" or group.split("/")[0] != PRESET_GROUP:
-            continue
+    for m in _preset_overrides(argv):
+        o, group = m[0], m[2].strip("/")
         for name in _tokens(m[4]):
             if "$" in name:
                 raise UserError(f"Cannot check the presets of `{o}`: name them directly.")
             if m[4].lstrip().startswith("glob("):
                 options = {p.stem for d in dirs for p in (d / group).glob("*.yaml")}
-                found += [(group, n) for n in options if fnmatch.fnmatch(n, name)]
+                names = sorted(n for n in options if fnmatch.fnmatch(n, name))
             else:
-                found.append((group, name))
+                names = [name]
+            prefix = m[1] or "+"  # `preset=x` fails in Hydra; `+preset=x` is what it means
+            found += [(f"{prefix}{m[2]}{m[3] or ''}={n}", f"{group}/{n}") for n in names]
     return found
 
 
-def _locate(group: str, option: str, dirs: list[Path]) -> list[Path]:
-    """Every match, not only the one Hydra would pick: checking all is the safe side."""
-    return [d / group / f"{option}.yaml" for d in dirs if (d / group / f"{option}.yaml").is_file()]
-
-
-def _locate_required(group: str, option: str, dirs: list[Path]) -> list[Path]:
-    if paths := _locate(group, option, dirs):
-        return paths
-    name = f"{group}/{option}".removeprefix(PRESET_GROUP + "/")
+def _locate_required(override: str, name: str, dirs: list[Path]) -> _Choice:
+    if paths := [d / f"{name}.yaml" for d in dirs if (d / f"{name}.yaml").is_file()]:
+        return _Choice(override, name.removeprefix(PRESET_GROUP + "/"), paths[0])
+    name = name.removeprefix(PRESET_GROUP + "/")
     raise UserError(
         f"Preset '{name}' not found: no {name}.yaml in "
         f"{', '.join(str(d / PRESET_GROUP) for d in dirs)}. Available presets: "
@@ -156,246 +196,203 @@ def _locate_required(group: str, option: str, dirs: list[Path]) -> list[Path]:
     )
 
 
-def _scan_file(path: Path, group: str, dirs: list[Path], allow: tuple[str, ...]) -> list:
-    """Check one config file; return the (group, file) pairs its defaults list pulls in."""
-    text = path.read_text()
-    try:
-        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError as e:
-        why = " ".join(str(e).split())
-        raise UserError(f"Refusing preset file {path}: it is not plain YAML ({why}).") from None
-    header = re.search(r"^#\s*@package\s+(\S+)", text, re.M)
-    if header and "hydra" in re.split(r"[./]", header[1]):
-        raise _hydra_error(path, f"its `# @package {header[1]}` header")
-    defaults = data.pop("defaults", []) if isinstance(data, dict) else []
-    if not isinstance(defaults, list):
-        raise UserError(f"Refusing preset file {path}: `defaults` must be a list.")
-    _walk(data, "", path, allow)
-    return [pair for entry in defaults for pair in _follow(entry, group, path, dirs)]
+def _searchpath(argv: list[str], search_dirs: list[Path], primary: Path, main: dict) -> list[str]:
+    """Hydra's search path after the primary config, as the run gets it: --config-dir first, then
+    hydra.searchpath from the command line, else the user's preset dirs (genart.cli adds them),
+    else the main config's."""
+    config_dirs = [
+        f"file://{os.path.abspath(d)}" for d in _flag_values(argv, ("-cd", "--config-dir"))
+    ]
+    users = [f"file://{d}" for d in search_dirs if Path(d).resolve() != primary]
+    typed = _typed_searchpath(argv)
+    if typed is None:
+        typed = users or (main.get("hydra") or {}).get("searchpath") or []
+    return [*config_dirs, *map(str, typed)]
 
 
-def _walk(node: Any, key: str, path: Path, allow: tuple[str, ...]) -> None:
-    if isinstance(node, dict):
-        for k, v in node.items():
-            sub = f"{key}.{k}" if key else str(k)
-            if "hydra" in str(k).split("."):  # any depth: the file's package may nest it anywhere
-                raise _hydra_error(path, f"`{sub}`")
-            if k == "_target_":
-                _check_target(v, sub, path, allow)
-            else:
-                _walk(v, sub, path, allow)
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            _walk(v, f"{key}[{i}]", path, allow)
-    elif isinstance(node, str) and (word := next((w for w in _REFUSED_RESOLVERS if w in node), "")):
-        raise UserError(
-            f"Refusing preset file {path}: `{key}` contains `{word}`, which "
-            f"{_REFUSED_RESOLVERS[word]}. Write the values out plainly, or move this setting into "
-            f"your own config if you trust it."
-        )
+@contextlib.contextmanager
+def _composer(
+    argv: list[str], entries: list[str], main_config: Path | None
+) -> Iterator[Callable[[_Choice | None], Any]]:
+    """compose(choice): the config with Hydra's node, as the run composes it (None: no preset)."""
+    from hydra import compose, initialize_config_dir, initialize_config_module
 
+    from genart.overrides import quote
 
-def _follow(entry: Any, group: str, path: Path, dirs: list[Path]) -> list[tuple[str, Path]]:
-    """Files a defaults-list entry of a config in `group` selects (relative or /absolute)."""
-    if entry == "_self_":
-        return []
-    if isinstance(entry, dict) and len(entry) == 1:
-        ((target, value),) = entry.items()
-        target = str(target).split()[-1]  # drop `override` / `optional`
-        options = value if isinstance(value, list) else [value]
-    elif isinstance(entry, str):
-        target, options = entry, []
+    fixed = [f"hydra.searchpath=[{','.join(map(quote, entries))}]"] if entries else []
+    name = ([*_flag_values(argv, ("-cn", "--config-name")), "config"])[0]
+    if main_config:
+        primary = str(main_config.resolve().parent)
+        name, init = main_config.stem, initialize_config_dir(primary, version_base="1.3")
     else:
-        raise UserError(f"Refusing preset file {path}: unreadable defaults entry {entry!r}.")
-    sub, _, package = target.partition("@")
-    full = sub[1:] if sub.startswith("/") else f"{group}/{sub}"
-    if "hydra" in re.split(r"[./]", f"{full}.{package}"):
-        raise _hydra_error(path, f"its defaults entry {entry!r}")
-    if "${" in str(options):
-        raise UserError(f"Refusing preset file {path}: defaults entry {entry!r} is interpolated.")
-    if isinstance(entry, str):  # a config path, not `group: option`
-        parent, _, name = full.rpartition("/")
-        return [(parent, p) for p in _locate(parent, name, dirs)]
-    return [(full, p) for o in options if o not in (None, "???") for p in _locate(full, o, dirs)]
+        init = initialize_config_module(config_module="conf", version_base="1.3")
 
-
-def _hydra_error(path: Path, what: str) -> UserError:
-    return UserError(
-        f"Refusing preset file {path}: {what} reaches Hydra's own `hydra` config (a key named "
-        f"hydra counts at any depth). Hydra builds callbacks, launchers and sweepers from it and "
-        f"applies hydra.job.env_set before genart can check anything, so a preset may not touch "
-        f"it. If you trust this preset, move those settings to your own command line or config."
-    )
-
-
-def _check_target(value: Any, key: str, path: Path, allow: tuple[str, ...]) -> None:
-    if why := _target_problem(value, allow):
-        raise UserError(
-            f"Refusing preset file {path}: `{key}` names `{value}`, {why} ({', '.join(allow)}). "
-            f"A `_target_` is imported and called when the run builds its objects, so a shared "
-            f"preset could run any code (torch.load unpickles, torch.hub.load fetches code). If "
-            f"you trust this preset and its author, allow the name with GENART_ALLOW_TARGETS="
-            f"{value} (comma-separated prefixes) or under security.allow_targets in config.yaml."
-        )
-
-
-def _target_problem(value: Any, allow: tuple[str, ...]) -> str | None:
-    if not isinstance(value, str) or not _DOTTED.match(value) or re.search(r"(^|\.)_", value):
-        return "which is not a plain dotted name of a public object"
-    if _allowed(value, DENY) and value not in allow:
-        return "a genart command-line tool (it writes files), denied whatever the allowed prefixes"
-    if not _allowed(value, allow):
-        return "which is outside the allowed target prefixes"
-    try:
-        outside = "`, `".join(
-            sorted(c for c in _Tracer(allow).canonical(value) if not _ok(c, allow))
-        )
-    except _Untraceable as e:  # an exact name the user allowed is trusted as it stands
-        return None if value in allow else f"which could not be traced to a definition ({e})"
-    return f"which leads to `{outside}`, outside the allowed prefixes" if outside else None
-
-
-def _allowed(name: str, allow: tuple[str, ...]) -> bool:
-    return any(name == p.rstrip(".") or name.startswith(p.rstrip(".") + ".") for p in allow)
-
-
-def _ok(name: str, allow: tuple[str, ...]) -> bool:
-    return _allowed(name, allow) and (not _allowed(name, DENY) or name in allow)
-
-
-class _Untraceable(Exception):
-    """The definition of a dotted name cannot be found in Python source."""
-
-
-class _Mod(NamedTuple):
-    name: str
-    file: Path | None  # source file; None for namespace packages and compiled modules
-    dirs: tuple[Path, ...]  # package directories; empty for a plain module
-
-
-class _Tracer:
-    """Follows a dotted name through the source, as Hydra's `_locate` would import and getattr."""
-
-    def __init__(self, allow: tuple[str, ...]):
-        self.allow, self.steps = allow, 0
-
-    def canonical(self, name: str) -> set[str]:
-        """Every place `name` may really live (outside names are returned as they stand)."""
-        if not _ok(name, self.allow):
-            return {name}
-        top, *rest = name.split(".")
-        return self.resolve(_module(top), rest)
-
-    def resolve(self, mod: _Mod, rest: list[str]) -> set[str]:
-        self.steps += 1
-        if not rest:
-            return {mod.name}
-        if self.steps > 200:
-            raise _Untraceable("the chain of imports is too long")
-        head, tail = rest[0], rest[1:]
-        binds, stars = _bindings(mod.file, mod.name, bool(mod.dirs)) if mod.file else ({}, ())
-        if head in binds:  # getattr first, as `_locate` does; every candidate binding must pass
-            return set().union(*(self.follow(mod, head, b, tail) for b in binds[head]))
-        if sub := _submodule(mod, head):
-            return self.resolve(sub, tail)
-        if found := [r for s in stars for r in self.traced(".".join([s, *rest]))]:
-            return set().union(*found)  # `from m import *` brings only names that m defines
-        raise _Untraceable(f"`{head}` is not defined in the source of {mod.name}")
-
-    def traced(self, name: str) -> list[set[str]]:
+    def _compose(choice: _Choice | None) -> Any:
+        extra = [choice.override] if choice else []
         try:
-            return [self.canonical(name)]
-        except _Untraceable:
-            return []
+            return compose(name, [*fixed, *extra], return_hydra_config=True)
+        except Exception as e:  # Hydra raises many types; the run would stop on each the same way
+            raise _refusal(
+                choice, f"Hydra cannot compose it: {' '.join(str(e).split())}", ""
+            ) from None
 
-    def follow(self, mod: _Mod, head: str, bind: tuple[str, Any], tail: list[str]) -> set[str]:
-        kind, what = bind
-        if kind in ("module", "from") and not _ok(what, self.allow):
-            return {".".join([what, *tail])}
-        if kind == "module":  # `import a.b` binds the module a.b, found by module name
-            return self.resolve(_module(what), tail)
-        base, _, attr = what.rpartition(".") if kind == "from" else ("", "", "")
-        if kind == "from" and base != mod.name:
-            return self.resolve(_module(base), [attr, *tail])
-        if kind == "from" and (sub := _submodule(mod, attr)):  # `from . import sub`
-            return self.resolve(sub, tail)
-        if kind == "value" and _DOTTED.match(chain := ast.unparse(what)):  # an alias: x = a.b
-            return self.resolve(mod, chain.split(".") + tail)
-        qual = f"{mod.name}.{head}"
-        if not tail and kind != "from":
-            return {qual}
-        members = {n.name for n in getattr(what, "body", []) if isinstance(n, _DEFS)}
-        if kind == "class" and len(tail) == 1 and tail[0] in members:
-            return {f"{qual}.{tail[0]}"}
-        raise _Untraceable(f"`{'.'.join([qual, *tail])}` is not a definition in the source")
+    with warnings.catch_warnings(), init:  # the run itself repeats Hydra's warnings
+        warnings.simplefilter("ignore")
+        yield _compose
 
 
-def _module(name: str) -> _Mod:
-    """A module found by name on disk, without importing it."""
-    top, *subs = name.split(".")
-    if (spec := importlib.util.find_spec(top)) is None:  # a top-level name: found, not imported
-        raise _Untraceable(f"module `{top}` is not installed")
-    file = Path(spec.origin) if spec.has_location and spec.origin.endswith(".py") else None
-    mod = _Mod(top, file, tuple(Path(d) for d in spec.submodule_search_locations or ()))
-    for part in subs:
-        if not (mod := _submodule(mod, part)):
-            raise _Untraceable(f"no source file for module `{name}`")
-    return mod
+def _refusal(choice: _Choice | None, what: str, fix: str) -> UserError:
+    fix = fix or "Hydra would stop the run the same way: fix the file or leave the preset out."
+    if choice is None:  # the config without any preset: nothing to refuse, nothing to check
+        return UserError(f"Cannot check the presets on this search path: {what}. {fix}")
+    return UserError(f"Refusing preset '{choice.name}' ({choice.path}): {what}. {fix}")
 
 
-def _submodule(mod: _Mod, part: str) -> _Mod | None:
-    name = f"{mod.name}.{part}"
-    for d in mod.dirs:  # in the order of Python's path finder
-        if (d / part / "__init__.py").is_file():
-            return _Mod(name, d / part / "__init__.py", (d / part,))
-        if any(d.glob(f"{part}.*so")) or any(d.glob(f"{part}.*pyd")):
-            return _Mod(name, None, ())
-        if (d / f"{part}.py").is_file():
-            return _Mod(name, d / f"{part}.py", ())
-        if (d / part).is_dir():
-            return _Mod(name, None, (d / part,))
-    return None
+def _judge(cfg: Any, base: Any, choice: _Choice, allow: frozenset[str]) -> None:
+    from omegaconf import OmegaConf
+
+    _check_hydra_node(OmegaConf.to_container(cfg.hydra), OmegaConf.to_container(base.hydra), choice)
+    job, before = (_leaves(OmegaConf.to_container(c, resolve=False)) for c in (cfg, base))
+    brought = {
+        k: v
+        for k, v in job.items()
+        if not k.startswith("hydra.") and not _same(before.get(k, _UNSET), v)
+    }
+    for key, value in brought.items():
+        _check_resolvers(key, value, choice)
+    before_targets = dict(_targets(base))
+    for key, target in _targets(cfg):
+        if before_targets.get(key) != target:
+            _check_target(key, target, choice, allow)
 
 
-@functools.cache
-def _bindings(file: Path, modname: str, is_pkg: bool) -> tuple[dict[str, list], tuple[str, ...]]:
-    """Module-level names of a source file, each with every statement that may bind it."""
-    binds: dict[str, list] = {}
-    stars: list[str] = []
-    add = lambda name, kind, what: binds.setdefault(name, []).append((kind, what))
-    package = (modname if is_pkg else modname.rpartition(".")[0]).split(".")
+def _leaves(node: Any, key: str = "") -> dict[str, Any]:
+    """{`a.b[0].c`: value} for every scalar of a plain container."""
+    if isinstance(node, dict):
+        items = ((f"{key}.{k}" if key else str(k), v) for k, v in node.items())
+    elif isinstance(node, list):
+        items = ((f"{key}[{i}]", v) for i, v in enumerate(node))
+    else:
+        return {key: node}
+    return {k: v for sub, child in items for k, v in _leaves(child, sub).items()}
+
+
+def _check_hydra_node(node: dict, before: dict, choice: _Choice) -> None:
+    """Only what Hydra derives from the override itself may differ: the override in the task's
+    list, the job's override_dirname and the chosen options of genart's (not Hydra's) groups."""
+    if node["overrides"]["task"][-1:] == [choice.override]:
+        node["overrides"]["task"].pop()
+    node["job"]["override_dirname"] = before["job"]["override_dirname"]
+    for n in (node, before):
+        choices = n["runtime"]["choices"]
+        n["runtime"]["choices"] = {k: v for k, v in choices.items() if k.startswith("hydra/")}
+    now, then = _leaves(node, "hydra"), _leaves(before, "hydra")
+    changed = sorted(
+        (k for k in {*now, *then} if not _same(now.get(k, _UNSET), then.get(k, _UNSET))),
+        key=lambda k: ("runtime.choices" not in k, k),  # a swapped Hydra group explains the rest
+    )
+    if changed:
+        shown = "; ".join(
+            f"`{k}` is {_show(now.get(k, _UNSET))} (without the preset: {_show(then.get(k, _UNSET))})"
+            for k in changed[:3]
+        )
+        more = f"; and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise _refusal(
+            choice,
+            f"it changes Hydra's own config: {shown}{more}. Hydra builds log handlers, callbacks "
+            f"and launchers from that node, makes the run dir and applies hydra.job.env_set "
+            f"before genart can check anything, so a preset may not change it",
+            "If you trust this preset, move those settings to your own command line or config.",
+        )
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal and of one type: 1, 1.0 and true are three different settings here."""
+    return type(a) is type(b) and a == b
+
+
+def _show(value: Any) -> str:
+    text = "not set" if value is _UNSET else repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def _check_resolvers(key: str, value: Any, choice: _Choice) -> None:
+    """Refuse the resolvers of _REFUSED_RESOLVERS, and any whose name is built by interpolation."""
+    from omegaconf import grammar_parser
+    from omegaconf.errors import GrammarParseError
+    from omegaconf.grammar.gen.OmegaConfGrammarParser import OmegaConfGrammarParser as Parser
+
+    if not isinstance(value, str) or "${" not in value:
+        return
     try:
-        tree = ast.parse(file.read_bytes())
-    except (OSError, SyntaxError, ValueError) as e:
-        raise _Untraceable(f"the source of {modname} cannot be read") from e
-    for node in _statements(tree.body):
-        if isinstance(node, _DEFS):
-            add(node.name, "class" if isinstance(node, ast.ClassDef) else "def", node)
-        elif isinstance(node, ast.Import):
-            for a in node.names:  # `import a.b` binds a; `import a.b as c` binds c to a.b
-                target = a.name if a.asname else a.name.partition(".")[0]
-                add(a.asname or target, "module", target)
-        elif isinstance(node, ast.ImportFrom):
-            base = package[: len(package) - node.level + 1] if node.level else []
-            base = ".".join([*base, *([node.module] if node.module else [])])
-            stars += [base for a in node.names if a.name == "*"]
-            for a in (a for a in node.names if a.name != "*"):
-                add(a.asname or a.name, "from", f"{base}.{a.name}")
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
-            for t in getattr(node, "targets", [getattr(node, "target", None)]):
-                if isinstance(t, ast.Name):
-                    add(t.id, "value", node.value)
-    return binds, tuple(stars)
+        todo = [grammar_parser.parse(value)]  # the parse tree OmegaConf resolves
+    except GrammarParseError:  # OmegaConf refuses to resolve it too: no resolver runs
+        return
+    while todo:
+        node = todo.pop()
+        todo += getattr(node, "children", None) or []
+        if not isinstance(node, Parser.InterpolationResolverContext):
+            continue
+        name = node.resolverName().getText()
+        if node.resolverName().interpolation():
+            why = "has a name built from other values, so it could be any resolver"
+        elif not (why := _REFUSED_RESOLVERS.get(name, "")):
+            continue
+        raise _refusal(
+            choice,
+            f"`{key}` calls the resolver `{name}`, which {why}",
+            "Write the values out plainly, or move this setting into your own config if you "
+            "trust it.",
+        )
 
 
-def _statements(body: list[ast.stmt]):
-    """Top-level statements, looking inside `if` and `try` (every branch may run)."""
-    for node in body:
-        if isinstance(node, ast.If):
-            yield from _statements(node.body + node.orelse)
-        elif isinstance(node, ast.Try):
-            yield from _statements(node.body + node.orelse + node.finalbody)
-            for handler in node.handlers:
-                yield from _statements(handler.body)
-        else:
-            yield node
+def _targets(node: Any, key: tuple = ()) -> Iterator[tuple[str, tuple[Any, Any]]]:
+    """(`a.b[0]._target_`, (as written, resolved)) for every `_target_` outside the `hydra` node."""
+    from omegaconf import Container, DictConfig, ListConfig, OmegaConf
+
+    if key and key[-1] == "_target_":
+        written = OmegaConf.to_container(node) if isinstance(node, Container) else node._value()
+        try:
+            value = node._get_parent()["_target_"]
+        except Exception as e:  # an interpolation the check cannot resolve: judged as written
+            value = _Unresolved(" ".join(str(e).split()))
+        yield _dotted(key), (written, value)
+    elif isinstance(node, DictConfig) and not node._is_missing() and not node._is_none():
+        for k in node.keys():
+            if key or k != "hydra":
+                yield from _targets(node._get_node(k), (*key, k))
+    elif isinstance(node, ListConfig) and not node._is_missing() and not node._is_none():
+        for i in range(len(node)):
+            yield from _targets(node._get_node(i), (*key, i))
+
+
+class _Unresolved(str):
+    """The reason a `_target_` could not be resolved."""
+
+
+def _dotted(key: tuple) -> str:
+    return "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in key).lstrip(".")
+
+
+def _check_target(
+    key: str, target: tuple[Any, Any], choice: _Choice, allow: frozenset[str]
+) -> None:
+    written, value = target
+    if isinstance(value, _Unresolved):
+        what = f"`{key}` is `{written}`, which cannot be resolved before the run ({value})"
+    elif isinstance(value, str) and value in allow:
+        return
+    else:
+        what = (
+            f"`{key}` names `{value}`, which is not one of the `_target_`s genart's own conf/ "
+            f"uses. Hydra imports and calls a `_target_` when the run builds its objects, so a "
+            f"preset could run any code or write any file (some of genart's own functions do)"
+        )
+    name = value if isinstance(value, str) and not isinstance(value, _Unresolved) else written
+    raise _refusal(
+        choice,
+        what,
+        f"If you trust this preset and its author, allow that exact name with "
+        f"GENART_ALLOW_TARGETS={name} (comma-separated exact names) or under "
+        f"security.allow_targets in genart's conf/config.yaml.",
+    )
