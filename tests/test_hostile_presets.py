@@ -226,3 +226,17 @@ def test_hostile_logging_preset_is_refused_before_hydra_runs(tmp_path: Path) -> 
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and "hydra.job_logging" in result.stderr
     assert not marker.exists() and not (work / "outputs").exists()
+
+
+def test_a_defaults_entry_cannot_pick_its_file_from_the_command_line(tmp_path: Path) -> None:
+    """`- /parts: ${generator}` would compose a benign file in the check (genart's default
+    generator) and a hostile one in a run with `generator=vqgan_tiny`. Hydra 1.3 resolves a
+    preset's defaults against its own choice only, so it cannot be composed at all."""
+    files = {
+        "preset/x": "# @package _global_\ndefaults:\n  - /parts@losses.evil: ${generator}\n",
+        "parts/vqgan": "weight: 1.0\n",
+        "parts/vqgan_tiny": "_target_: genart.gallery.build_gallery\nsweep_dir: /tmp\n",
+    }
+    root = hostile_dir(tmp_path / "shared", files, tmp_path / "marker")
+    with pytest.raises(UserError, match="Hydra cannot compose it: Error resolving interpolation"):
+        check_presets(["+preset=x", "generator=vqgan_tiny"], [root])
