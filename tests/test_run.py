@@ -349,23 +349,6 @@ def test_best_match_counts_cover_the_detail_views_only(tmp_path):
     assert positional[0].startswith("x_bin_centre,views")
 
 
-def test_refine_preset_from_an_edited_image(tmp_path):
-    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(tmp_path / "edited.png")
-    run_tiny(
-        tmp_path / "refine",
-        [
-            "+preset=refine",
-            "size=[64,64]",
-            "steps=2",
-            "log_every=1",
-            f"init.image={tmp_path / 'edited.png'}",
-            "prompts.text=a forest",
-        ],
-    )
-    header = (tmp_path / "refine/stats/losses.csv").read_text().splitlines()[0]
-    assert "init_image" in header
-
-
 def test_mars_luna_seed_image_has_two_darker_blotches():
     from genart.seed_images import two_blotches
 
@@ -428,8 +411,3 @@ def test_resume_refuses_overrides_that_change_the_run(tmp_path):
     assert saved.steps == 5 and where == run_dir and saved.resume == str(run_dir)
     with pytest.raises(UserError, match="not a genart run"):
         prepare_resume(compose([f"resume={tmp_path}"]), [f"resume={tmp_path}"])
-
-
-def test_refine_without_an_init_image_says_so(tmp_path):
-    with pytest.raises(UserError, match="init.image"):
-        run_tiny(tmp_path / "refine", ["+preset=refine", "steps=1"])

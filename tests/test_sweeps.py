@@ -125,7 +125,6 @@ def test_every_preset_runs_two_steps_in_one_sweep(tmp_path):
     presets = sorted(
         str(p.relative_to(REPO / "conf/preset").with_suffix(""))
         for p in (REPO / "conf/preset").rglob("*.yaml")
-        if p.stem != "refine"
     )
     out, sweep_dir = sweep(
         "+preset=" + ",".join(presets),
