@@ -15,10 +15,12 @@ import re
 import subprocess
 import sys
 import tempfile
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import OmegaConf
 
 import genart
@@ -70,10 +72,11 @@ def save_preset(
 ) -> Path:
     """Write `out_dir/NAME.yaml` (default: `default_save_dir()`) that reproduces `run_dir`."""
     name, root = _safe_name(name), Path(out_dir or default_save_dir())
-    out = root / f"{name}.yaml"
-    if out.exists() and not force:
+    out = _target_path(root, name)
+    if (out.exists() or out.is_symlink()) and not force:
         raise UserError(f"{out} already exists. Pick another --name, or pass --force to replace.")
     run_cfg, hydra_cfg = _load_run(run_dir)
+    _check_finished(run_dir, force)
     values = {k: v for k, v in OmegaConf.to_container(run_cfg).items() if k not in EXCLUDED}
     choices = _group_choices(hydra_cfg)
     try:
@@ -87,14 +90,67 @@ def save_preset(
         ) from None
     info = _run_info(run_dir)
     for key in RESTORED:  # left to the machine (null), but it decides the pixels: freeze it
-        if key in values and values[key] is None and info.get(key) is not None:
-            values[key] = info[key]
-    text = " ".join((description or _summary(run_dir, choices)).split())  # one line
+        count = info.get(key)  # a thread count: a positive int, anything else is not frozen
+        if key in values and values[key] is None and type(count) is int and count > 0:
+            values[key] = count
+    text = description or _summary(run_dir, choices)
     notes = [*_provenance(run_dir, info, values, stale), f"description: {text}"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(_render(notes, defaults, values))
+    _write_atomic(root, out, _render(notes, defaults, values))
     _warn_if_refused(root, name)
     return out
+
+
+def _check_finished(run_dir: Path, force: bool) -> None:
+    """A preset promises the run's image: refuse a run that failed or never finished."""
+    result, final = Path(run_dir) / "result.json", Path(run_dir) / "final.png"
+    status = _read_json(result).get("status") if result.is_file() else None
+    if force or (status == "ok" and final.is_file()):
+        return
+    why = (
+        "it has no result.json (it was killed, or is still running)"
+        if not result.is_file()
+        else f"its result.json says status {status!r}, not 'ok'"
+        if status != "ok"
+        else "it has no final.png"
+    )
+    raise UserError(
+        f"Refusing to save {run_dir}: {why}, so the preset would not reproduce a finished image. "
+        f"Pick a run whose result.json says status 'ok' (see the sweep summary or "
+        f"`python -m genart.gallery`), or pass --force to save its config anyway."
+    )
+
+
+def _target_path(root: Path, name: str) -> Path:
+    """root/NAME.yaml, refused if a symlink on the way (a sub-folder, the file) leads outside root.
+
+    The root itself may be a link (GENART_PRESETS_DIR on another disk); what is inside may not
+    send the write elsewhere."""
+    real_root, path = root.resolve(), root
+    for part in [*name.split("/")[:-1], f"{name.split('/')[-1]}.yaml"]:
+        path = path / part
+        if path.is_symlink() and not path.resolve().is_relative_to(real_root):
+            raise UserError(
+                f"Refusing to save to {root / name}.yaml: {path} is a symlink to "
+                f"{path.resolve()}, outside the preset dir {root}. Remove the link, or pick "
+                f"another --name or --dir."
+            )
+    return root / f"{name}.yaml"
+
+
+def _write_atomic(root: Path, out: Path, text: str) -> None:
+    """Write a temporary file beside `out`, then rename it over `out`: a reader never sees half a
+    preset, and a symlink at `out` is replaced, never followed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.parent.resolve().is_relative_to(root.resolve()):  # a link swapped in meanwhile
+        _target_path(root, out.relative_to(root).with_suffix("").as_posix())
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _safe_name(name: str) -> str:
@@ -149,7 +205,7 @@ def _run_searchpath(hydra_cfg: Any) -> list[str]:
         return []
 
 
-def _defaults_list(hydra_cfg: Any, choices: list[tuple[str, Any]]) -> list[str]:
+def _defaults_list(hydra_cfg: Any, choices: list[tuple[str, Any]]) -> list[dict]:
     """`override /g: x` for groups the main defaults list has; `/g: x` for groups the run added."""
     known = set(_compose(hydra_cfg, []).hydra.runtime.choices)
     added: list[str] = []
@@ -159,8 +215,8 @@ def _defaults_list(hydra_cfg: Any, choices: list[tuple[str, Any]]) -> list[str]:
             picked = [(k, v) for k, v in choices if k in known or k in added]
             args = [f"{'+' if k in added else ''}{k}={_opt(v)}" for k, v in picked]
             known |= set(_compose(hydra_cfg, args).hydra.runtime.choices)  # + its nested groups
-    adds = [f"/{k}: {_opt(v)}" for k, v in choices if k in added]
-    return adds + [f"override /{k}: {_opt(v)}" for k, v in choices if k not in added]
+    adds = [{f"/{k}": v} for k, v in choices if k in added]
+    return adds + [{f"override /{k}": v} for k, v in choices if k not in added]
 
 
 def _null_stale_keys(hydra_cfg: Any, defaults: list[str], values: dict) -> list[str]:
@@ -201,7 +257,23 @@ def _provenance(run_dir: Path, info: dict, values: dict, stale: list[str]) -> li
 def _run_info(run_dir: Path) -> dict:
     """What the run recorded about its machine (result.json, run_info.json), if anything."""
     files = [Path(run_dir) / f for f in ("result.json", "run_info.json")]
-    return {k: v for f in files if f.is_file() for k, v in json.loads(f.read_text()).items()}
+    return {k: v for f in files if f.is_file() for k, v in _read_json(f).items()}
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object from `path`; {} when it is unreadable or not an object (a torn write)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _one_line(text: object) -> str:
+    """`text` safe inside a `# ` comment: every line break YAML knows (\n \r \x85 \u2028
+    \u2029) and every other control or format character becomes a space."""
+    chars = (" " if unicodedata.category(c)[0] in "CZ" else c for c in str(text))
+    return " ".join("".join(chars).split())
 
 
 def _git_commit() -> str:
@@ -234,10 +306,11 @@ def _summary(run_dir: Path, choices: list[tuple[str, Any]]) -> str:
     return f"frozen from run {Path(run_dir).name}" + (f" ({picked})" if picked else "")
 
 
-def _render(notes: list[str], defaults: list[str], values: dict) -> str:
-    lines = ["# @package _global_", *(f"# {n}" for n in notes), "defaults:"]
-    lines += [f"  - {d}" for d in defaults] + ["  - _self_", ""]
-    return "\n".join(lines) + OmegaConf.to_yaml(OmegaConf.create(values))
+def _render(notes: list[str], defaults: list[dict], values: dict) -> str:
+    """Comments made one-line; the defaults list and values dumped as YAML, never pasted."""
+    lines = ["# @package _global_", *(f"# {_one_line(n)}" for n in notes), ""]
+    entries = yaml.safe_dump({"defaults": [*defaults, "_self_"]}, sort_keys=False, indent=2)
+    return "\n".join(lines) + entries + OmegaConf.to_yaml(OmegaConf.create(values))
 
 
 def _warn_if_refused(root: Path, name: str) -> None:

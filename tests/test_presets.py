@@ -65,15 +65,17 @@ def conf(tmp_path: Path) -> Path:
 
 
 def make_run(conf: Path, run_dir: Path, overrides: list[str]) -> dict:
-    """Write .hydra/ as a Hydra run does (unresolved job config + hydra node), plus run_info."""
+    """Write .hydra/ as a Hydra run does (unresolved job config + hydra node), result.json and
+    final.png as a finished run does."""
     with initialize_config_dir(str(conf), version_base="1.3"):
         cfg = compose("config", overrides=overrides, return_hydra_config=True)
     (run_dir / ".hydra").mkdir(parents=True)
     job = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "hydra"}
     (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(job))
     (run_dir / ".hydra" / "hydra.yaml").write_text(OmegaConf.to_yaml({"hydra": cfg.hydra}))
-    info = {"device": "cpu", "precision": "fp32", "threads": 4}
-    (run_dir / "run_info.json").write_text(json.dumps(info))
+    info = {"status": "ok", "device": "cpu", "precision": "fp32", "threads": 4}
+    (run_dir / "result.json").write_text(json.dumps(info))
+    (run_dir / "final.png").write_bytes(b"")  # a finished run; save only checks it is there
     return job
 
 
