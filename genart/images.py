@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from genart.errors import UserError
+from genart.files import write_atomic
 
 
 def load_image(path: str | Path, key: str) -> torch.Tensor:
@@ -67,6 +68,5 @@ def save_png(image: torch.Tensor, path: Path, text: dict[str, str] | None = None
     for key, value in (text or {}).items():
         info.add_itxt(key, value)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part.png")
-    to_pil(image).save(tmp, pnginfo=info)
-    tmp.replace(path)
+    pil = to_pil(image)
+    write_atomic(path, lambda tmp: pil.save(tmp, format="PNG", pnginfo=info))

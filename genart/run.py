@@ -361,7 +361,9 @@ def score_image(run: Run, image, targets: list, step: int, n_views: int, seed: i
 
 
 def resume_from_checkpoint(run: Run) -> None:
-    from genart.callbacks.checkpoint import load_checkpoint_into
+    """θ, optimiser, RNG and callbacks' state from checkpoint.pt; a file genart cannot use is a UserError."""
+    from genart.callbacks.checkpoint import WHAT, load_checkpoint_into
+    from genart.files import unreadable
     from genart.runtime import set_rng_state
 
     path = Path(run.run_dir) / "checkpoint.pt"
@@ -369,9 +371,16 @@ def resume_from_checkpoint(run: Run) -> None:
         raise UserError(
             f"resume={run.run_dir} has no checkpoint.pt to continue from; start a new run."
         )
-    payload = load_checkpoint_into(path, run.generator, run.optimizer)
-    set_rng_state(payload["rng"])
-    run.start_step = run.step = int(payload["step"])
+    payload = load_checkpoint_into(path, run.generator, run.optimizer, run.config["steps"])
+    try:
+        set_rng_state(payload["rng"])
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
+        raise unreadable(path, WHAT, f"its random number states are malformed ({err})") from None
+    saved = payload.get("callbacks", {})
+    for callback in run.callbacks:
+        if hasattr(callback, "load_checkpoint_state"):
+            callback.load_checkpoint_state(saved.get(type(callback).__name__), path)
+    run.start_step = run.step = payload["step"]
 
 
 def run(cfg: DictConfig, run_dir: Path, meta: dict | None = None, resume: bool = False) -> float:

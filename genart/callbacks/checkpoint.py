@@ -1,4 +1,9 @@
-"""checkpoint.pt (θ, optimiser state, step, RNG states) so a killed run can be resumed exactly."""
+"""checkpoint.pt (θ, optimiser state, step, RNG states, callbacks' state) so a killed run resumes exactly.
+
+Callbacks with `checkpoint_state(state)` / `load_checkpoint_state(saved)` (stats: positional sums,
+best-match wins not yet written) are saved in the same file, so one atomic write keeps everything
+at one step; a kill between two files could leave them a save step apart.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,10 @@ from pathlib import Path
 import torch
 
 from genart.callbacks import Callback
+from genart.files import load_untrusted, unreadable, write_atomic
 from genart.runtime import rng_state
+
+WHAT = "checkpoint"
 
 
 class CheckpointCallback(Callback):
@@ -17,27 +25,67 @@ class CheckpointCallback(Callback):
 
     def on_step(self, state: dict) -> None:
         if state["save"]:
-            save_checkpoint(self.path, self.run.generator, self.run.optimizer, state["step"])
+            extra = {
+                type(cb).__name__: cb.checkpoint_state(state)
+                for cb in self.run.callbacks
+                if hasattr(cb, "checkpoint_state")
+            }
+            save_checkpoint(self.path, self.run.generator, self.run.optimizer, state["step"], extra)
 
 
-def save_checkpoint(path: Path, generator, optimizer, step: int) -> None:
-    """Write atomically: a kill during the write leaves the previous checkpoint intact."""
+def save_checkpoint(path: Path, generator, optimizer, step: int, callbacks: dict | None = None):
+    """Write atomically: a kill or a full disk during the write leaves the previous checkpoint intact."""
     payload = {
         "step": step,
         "theta": [p.detach().cpu() for p in generator.theta()],
         "optimizer": optimizer.state_dict(),
         "rng": rng_state(),
+        "callbacks": callbacks or {},
     }
-    tmp = path.with_suffix(".part")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: torch.save(payload, tmp))
 
 
-def load_checkpoint_into(path: Path, generator, optimizer) -> dict:
-    """Restore θ and the optimiser; return the payload (step, rng) for the loop."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
+def load_checkpoint_into(path: Path, generator, optimizer, steps: int) -> dict:
+    """Restore θ and the optimiser from a checked payload; return it (step, rng, callbacks)."""
+    payload = load_untrusted(path, WHAT)
+    params = list(generator.theta())
+    check_payload(path, payload, params, steps)
+    try:
+        optimizer.load_state_dict(payload["optimizer"])
+        check_optimizer_state(optimizer, params)
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
+        raise unreadable(path, WHAT, f"its optimiser state does not fit this run ({err})") from None
     with torch.no_grad():
-        for param, saved in zip(generator.theta(), payload["theta"], strict=True):
+        for param, saved in zip(params, payload["theta"], strict=True):
             param.copy_(saved.to(param.device))
-    optimizer.load_state_dict(payload["optimizer"])
     return payload
+
+
+def check_payload(path: Path, payload, params: list, steps: int) -> None:
+    """A dict of the keys genart writes, θ shaped like this run's and finite, a step in 1..steps."""
+    if not isinstance(payload, dict):
+        raise unreadable(path, WHAT, f"it holds a {type(payload).__name__}, not genart's dict")
+    missing = [k for k in ("step", "theta", "optimizer", "rng") if k not in payload]
+    if missing:
+        raise unreadable(path, WHAT, f"it lacks {', '.join(missing)}")
+    step, theta = payload["step"], payload["theta"]
+    if not isinstance(step, int) or not 1 <= step <= steps:
+        raise unreadable(path, WHAT, f"its step {step!r} is not one of this run's 1..{steps}")
+    if not isinstance(theta, list | tuple) or len(theta) != len(params):
+        raise unreadable(path, WHAT, f"it does not hold this run's {len(params)} θ tensors")
+    for saved, param in zip(theta, params, strict=True):
+        if not torch.is_tensor(saved) or saved.shape != param.shape:
+            shape = tuple(saved.shape) if torch.is_tensor(saved) else type(saved).__name__
+            raise unreadable(path, WHAT, f"θ is {shape}, this run's is {tuple(param.shape)}")
+        if not bool(torch.isfinite(saved).all()):
+            raise unreadable(path, WHAT, "θ holds NaN or infinite values")
+    if not isinstance(payload.get("callbacks", {}), dict):
+        raise unreadable(path, WHAT, "its callbacks' state is not a dict")
+
+
+def check_optimizer_state(optimizer, params: list) -> None:
+    """torch checks the groups' sizes on load, not the state tensors' shapes: a wrong one fails later."""
+    for param in params:
+        for name, value in optimizer.state.get(param, {}).items():
+            if torch.is_tensor(value) and value.dim() and value.shape != param.shape:
+                raise ValueError(f"{name} is {tuple(value.shape)}, θ is {tuple(param.shape)}")

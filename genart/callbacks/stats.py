@@ -1,24 +1,27 @@
 """stats/: loss terms per logged step, best-match wins per step, positional weight per x-bin.
 
 Counts accumulate on the device every step and are read back only on logging steps (no host
-synchronisation in the hot path). On every save step the positional sums go to
-stats/positional_state.pt and positional.csv is rewritten, so an interrupted run keeps its
-statistics and a resumed one continues them from the checkpoint's step.
+synchronisation in the hot path). On every save step positional.csv is rewritten and the state that
+the CSVs cannot hold (positional sums, best-match wins not yet written) goes into checkpoint.pt,
+so a resumed run drops the rows written after the checkpoint and writes them again exactly once.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import torch
 
 from genart.callbacks import Callback
+from genart.files import load_untrusted, raise_if_disk_full, unreadable, write_atomic
 
 
 class StatsCallback(Callback):
     def __init__(self, x_bins: int = 16):
         self.x_bins = x_bins
+        self.restored = None, None  # (stats state, checkpoint path) on resume
 
     def on_start(self, run) -> None:
         self.dir = Path(run.run_dir) / "stats"
@@ -29,23 +32,31 @@ class StatsCallback(Callback):
         self.wins: list[tuple[int, torch.Tensor]] = []  # (step, (P,) views won) not yet written
         self.best_views: list[tuple[int, torch.Tensor]] = []  # select=all: best view per prompt
         self.pos_sum = self.pos_count = None
+        self.observed = run.start_step
+        logged = run.start_step
         if run.start_step:
-            self._load_positional(run.start_step, run.env["device"])
+            logged = self._restore(run.start_step, run.env["device"])
         truncate_csv(self.dir / "losses.csv", run.start_step)
-        truncate_csv(self.dir / "best_match.csv", run.start_step)
+        truncate_csv(self.dir / "best_match.csv", logged)
 
     def on_step(self, state: dict) -> None:
+        self._observe(state)
+
+    def on_end(self, state: dict) -> None:
+        self._flush_wins()  # positional.csv was written at the last step, always a save step
+        self._write_totals()
+
+    def _observe(self, state: dict) -> None:
+        """Once per step, whichever asks first: the checkpoint (for this step's state) or the loop."""
+        if state["step"] == self.observed:
+            return
+        self.observed = state["step"]
         self._accumulate(state)
         if state["log"]:
             self._write_losses(state)
             self._flush_wins()
         if state["save"]:
-            self._save_positional(state["step"])
             self._write_positional()
-
-    def on_end(self, state: dict) -> None:
-        self._flush_wins()  # positional.csv was written at the last step, always a save step
-        self._write_totals()
 
     # -- accumulation (on device) -------------------------------------------------------------
     def _accumulate(self, state: dict) -> None:
@@ -64,18 +75,57 @@ class StatsCallback(Callback):
         self.pos_count.index_add_(0, bins, torch.ones_like(bins, dtype=W.dtype))
 
     # -- resume -------------------------------------------------------------------------------
-    def _save_positional(self, step: int) -> None:
-        if self.pos_sum is not None:
-            state = {"step": step, "sum": self.pos_sum.cpu(), "count": self.pos_count.cpu()}
-            torch.save(state, self.dir / "positional_state.pt")
+    def checkpoint_state(self, state: dict) -> dict:
+        """After this step: positional sums and the wins not yet in best_match.csv."""
+        self._observe(state)
+        cpu = (lambda t: None) if self.pos_sum is None else (lambda t: t.cpu())
+        return {
+            "sum": cpu(self.pos_sum),
+            "count": cpu(self.pos_count),
+            "wins": [(step, counts.cpu()) for step, counts in self.wins],
+            "best_views": [(step, best.cpu()) for step, best in self.best_views],
+        }
 
-    def _load_positional(self, step: int, device: str) -> None:
+    def load_checkpoint_state(self, saved: dict | None, path: Path) -> None:
+        self.restored = (saved, path)
+
+    def _restore(self, step: int, device) -> int:
+        """Load the saved state; return the last step whose best-match rows were already written."""
+        saved, path = self.restored
+        if saved is None:  # a checkpoint from before its callbacks' state was saved in it
+            return self._load_positional(step, device)
+        try:
+            self._restore_from(saved, step, device)
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
+            reason = f"its stats state does not fit this run ({err})"
+            raise unreadable(path, "checkpoint", reason) from None
+        return self.wins[0][0] - 1 if self.wins else step
+
+    def _restore_from(self, saved: dict, step: int, device) -> None:
+        P = len(self.texts)
+        pos = check_positional(saved["sum"], saved["count"], self.x_bins, P)
+        self.pos_sum, self.pos_count = (None if t is None else t.to(device) for t in pos)
+        self.wins = [(int(s), check_counts(c, P).to(device)) for s, c in saved["wins"]]
+        self.best_views = [(int(s), check_counts(b, P).to(device)) for s, b in saved["best_views"]]
+        steps = [s for s, _ in self.wins]
+        if steps != sorted(set(steps)) or not all(0 < s <= step for s in steps):
+            raise ValueError(f"best-match wins are for steps {steps}, not steps up to {step}")
+        if self.best_views and [s for s, _ in self.best_views] != steps:
+            raise ValueError("best views and wins are for different steps")
+
+    def _load_positional(self, step: int, device) -> int:
+        """Positional sums from the stats/positional_state.pt that older checkpoints came with."""
         path = self.dir / "positional_state.pt"
         if not path.exists():
-            return
-        state = torch.load(path, weights_only=True, map_location=device)  # where W accumulates
-        if state["step"] == step and state["sum"].shape[0] == self.x_bins:
-            self.pos_sum, self.pos_count = state["sum"], state["count"]
+            return step
+        state = load_untrusted(path, "statistics file")
+        try:
+            if state["step"] == step:
+                pos = check_positional(state["sum"], state["count"], self.x_bins, len(self.texts))
+                self.pos_sum, self.pos_count = (t.to(device) for t in pos)
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as err:
+            raise unreadable(path, "statistics file", f"it does not fit this run ({err})") from None
+        return step
 
     # -- writing ------------------------------------------------------------------------------
     def _write_losses(self, state: dict) -> None:
@@ -104,49 +154,72 @@ class StatsCallback(Callback):
             for row in csv.DictReader(f):
                 totals[row["prompt"]] = totals.get(row["prompt"], 0) + int(row["views_won"])
         all_wins = sum(totals.values()) or 1
-        with (self.dir / "best_match_totals.csv").open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["prompt", "views_won", "share"])
-            for text, n in sorted(totals.items(), key=lambda kv: -kv[1]):
-                writer.writerow([text, n, f"{n / all_wins:.4f}"])
+        rows = [["prompt", "views_won", "share"]]
+        rows += [
+            [t, n, f"{n / all_wins:.4f}"] for t, n in sorted(totals.items(), key=lambda kv: -kv[1])
+        ]
+        write_csv(self.dir / "best_match_totals.csv", rows)
 
     def _write_positional(self) -> None:
         if self.pos_sum is None:
             return
         mean = (self.pos_sum / self.pos_count[:, None].clamp_min(1)).cpu()
-        with (self.dir / "positional.csv").open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["x_bin_centre", "views", *self.texts])
-            for b in range(self.x_bins):
-                centre = -1 + (2 * b + 1) / self.x_bins
-                writer.writerow(
-                    [
-                        f"{centre:.3f}",
-                        int(self.pos_count[b]),
-                        *(f"{v:.4f}" for v in mean[b].tolist()),
-                    ]
-                )
+        rows = [["x_bin_centre", "views", *self.texts]]
+        for b in range(self.x_bins):
+            centre = -1 + (2 * b + 1) / self.x_bins
+            values = (f"{v:.4f}" for v in mean[b].tolist())
+            rows.append([f"{centre:.3f}", int(self.pos_count[b]), *values])
+        write_csv(self.dir / "positional.csv", rows)
+
+
+def check_positional(pos_sum, pos_count, x_bins: int, P: int):
+    """(x_bins, P) float sums and (x_bins,) float counts, or both None (nothing accumulated yet)."""
+    if pos_sum is None and pos_count is None:
+        return None, None
+    for name, t, shape in (("sum", pos_sum, (x_bins, P)), ("count", pos_count, (x_bins,))):
+        if not torch.is_tensor(t) or tuple(t.shape) != shape or not t.is_floating_point():
+            got = tuple(t.shape) if torch.is_tensor(t) else type(t).__name__
+            raise ValueError(f"positional {name} is {got}, this run's is {shape}")
+    return pos_sum, pos_count
+
+
+def check_counts(t, P: int):
+    """(P,) integer tensor: views won or best view, per prompt."""
+    if not torch.is_tensor(t) or tuple(t.shape) != (P,) or t.is_floating_point():
+        raise ValueError(f"a best-match entry is not {P} integers")
+    return t
 
 
 def append_csv(path: Path, row: dict) -> None:
     new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    try:
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+    except OSError as err:
+        raise_if_disk_full(err, path)
+        raise
+
+
+def write_csv(path: Path, rows: list[list]) -> None:
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            csv.writer(f).writerows(rows)
+
+    write_atomic(path, write)
 
 
 def truncate_csv(path: Path, step: int) -> None:
-    """On resume, drop rows logged after the checkpoint's step (they will be logged again)."""
+    """On resume, drop rows logged after `step` (they will be logged again) and a torn last line."""
     if not path.exists():
         return
-    with path.open() as f:
-        rows = list(csv.DictReader(f))
+    data = path.read_bytes()
+    text = data[: data.rfind(b"\n") + 1].decode()  # a kill mid-append can leave half a row
+    rows = list(csv.reader(io.StringIO(text, newline="")))
     if not rows:
+        path.unlink()
         return
-    keep = [r for r in rows if int(r["step"]) <= step] if step else []
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(keep)
+    keep = [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
+    write_csv(path, [rows[0], *keep])
