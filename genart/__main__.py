@@ -18,14 +18,22 @@ def main(cfg: DictConfig) -> float:
 
 
 def cli() -> None:
+    from genart.run_dirs import claim_run_dir, pin_override, release_if_unused
+
     try:
         from genart.cli import before_hydra
 
         before_hydra(sys.argv[1:])
+        run_dir = claim_run_dir(sys.argv[1:])  # before Hydra, which would share a dir by the second
     except UserError as err:
         print(f"genart: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    main()
+    if run_dir is not None:
+        sys.argv.insert(1, pin_override(run_dir, sys.argv[1:]))
+    try:
+        main()
+    finally:
+        release_if_unused(run_dir)
     from genart.cli import after_hydra
 
     after_hydra()
