@@ -29,6 +29,7 @@ HOSTILE = {  # result.json fields a run, a machine or a tampered file can put th
     "threads": "4\nresume: /tmp/threads",
 }
 BREAKS = ["\n", "\r", "\x85", "\u2028", "\u2029", "\x0b", "\x0c"]  # YAML 1.1 (PyYAML) line breaks
+BREAKS += ["\x00", "\x1b", "\x7f", "\x9b", "\ufeff"]  # not printable in YAML: the file won't load
 
 
 def save(run: Path, dest: Path, *extra: str) -> int:
@@ -141,3 +142,16 @@ def test_the_write_is_atomic_and_leaves_no_temporary_file(conf: Path, tmp_path: 
     assert save(tmp_path / "run", tmp_path / "user") == 0
     assert save(tmp_path / "run", tmp_path / "user", "--force") == 0
     assert os.listdir(tmp_path / "user/preset") == ["p.yaml"]
+
+
+def test_a_link_to_another_preset_is_replaced_not_followed(conf: Path, tmp_path: Path, capsys):
+    make_run(conf, tmp_path / "run", [])
+    preset = tmp_path / "user/preset"
+    preset.mkdir(parents=True)
+    (preset / "p.yaml").symlink_to(preset / "q.yaml")  # dangling for now: exists() is False
+    assert save(tmp_path / "run", tmp_path / "user") == 2
+    assert "already exists" in capsys.readouterr().err and not (preset / "q.yaml").exists()
+    (preset / "q.yaml").write_text("# @package _global_\nsteps: 3\n")
+    assert save(tmp_path / "run", tmp_path / "user", "--force") == 0
+    assert not (preset / "p.yaml").is_symlink()
+    assert (preset / "q.yaml").read_text() == "# @package _global_\nsteps: 3\n"
