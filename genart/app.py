@@ -1,14 +1,18 @@
 """The Hydra task: run directory, resume, and turning failures into one clear paragraph.
 
 A single run prints a user mistake as one paragraph and exits 2; inside a sweep (`-m`) each job
-catches its own error, writes `error.txt` and a failed `result.json`, and the sweep goes on.
+catches its own error, writes `error.txt` and a failed `result.json`, and the sweep goes on. A
+failed resume leaves the run's own record alone: its error goes to `resume-errors/<time>.txt`.
 """
 
 from __future__ import annotations
 
+import json
+import shlex
 import sys
 import traceback
 import warnings
+from datetime import datetime
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -24,14 +28,18 @@ def job_meta() -> dict:
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
-    overrides = list(hc.overrides.task)
-    preset = hc.runtime.choices.get("preset")
+    meta = meta_from(
+        list(hc.overrides.task), hc.job.override_dirname, hc.runtime.choices.get("preset")
+    )
+    return {**meta, "multirun": str(hc.mode) == "RunMode.MULTIRUN"}
+
+
+def meta_from(overrides: list[str], override_dirname: str, preset: str | None) -> dict:
     return {
         "overrides": overrides,
-        "group": hc.job.override_dirname or "default",
-        "name": ",".join(o for o in overrides) or "defaults",
+        "group": override_dirname or "default",
+        "name": ",".join(overrides) or "defaults",
         "tags": [preset] if preset else [],
-        "multirun": str(hc.mode) == "RunMode.MULTIRUN",
     }
 
 
@@ -42,16 +50,21 @@ def run_job(cfg: DictConfig) -> float:
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"genart: {message}\n"
     meta = job_meta()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    resumed = Path(cfg.resume).expanduser() if cfg.get("resume") else None
     one_thread_per_job(cfg)
     try:
-        if cfg.get("resume"):
+        if resumed is not None:
             cfg, run_dir = prepare_resume(cfg, meta["overrides"])
+            meta = resumed_meta(run_dir, meta)
         else:
             check_prompt_source(cfg, HydraConfig.get().runtime.choices, meta["overrides"])
         check_config(cfg)  # before weights are fetched or models built
         from genart.run import run
 
-        return run(cfg, run_dir, meta, resume=bool(cfg.get("resume")))
+        score = run(cfg, run_dir, meta, resume=resumed is not None)
+        if resumed is not None:
+            retire_error(run_dir)
+        return score
     except KeyboardInterrupt:
         print(
             f"\nInterrupted. Everything saved so far stays in {run_dir}; continue with:\n"
@@ -61,12 +74,17 @@ def run_job(cfg: DictConfig) -> float:
         raise SystemExit(130) from None
     except Exception as err:  # noqa: BLE001 - every failure is recorded, user mistakes are explained
         user_error = as_user_error(err)
-        record_failure(run_dir, cfg, meta, user_error or err)
+        if resumed is not None and is_run_dir(resumed):
+            note = record_resume_failure(resumed, user_error or err)
+        else:
+            note = record_failure(run_dir, cfg, meta, user_error or err)
         if meta["multirun"]:
             return FAILED_STATUS
         if user_error is None:
+            if note:
+                print(f"genart: {note}", file=sys.stderr)
             raise
-        print(f"genart: {user_error}", file=sys.stderr)
+        print(f"genart: {user_error}{' ' + note if note else ''}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
@@ -92,14 +110,86 @@ def as_user_error(err: BaseException) -> UserError | None:
     return None
 
 
-def record_failure(run_dir: Path, cfg: DictConfig, meta: dict, err: BaseException) -> None:
-    """error.txt (message, and the traceback for bugs) and a failed result.json; never deletes."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    detail = "" if isinstance(err, UserError) else "\n\n" + "".join(traceback.format_exception(err))
-    (run_dir / "error.txt").write_text(f"{type(err).__name__}: {err}{detail}\n")
+def record_failure(run_dir: Path, cfg: DictConfig, meta: dict, err: BaseException) -> str:
+    """error.txt (message, and the traceback for bugs) and a failed result.json; never deletes a
+    complete record. Returns what the user should also read ("" when all was written)."""
     from genart.run import write_result
 
-    write_result(run_dir, cfg, meta, "failed", error=f"{type(err).__name__}: {err}".splitlines()[0])
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "error.txt", error_text(err))
+    except OSError as failed:
+        return unrecorded(run_dir / "error.txt", failed)
+    try:
+        write_result(run_dir, cfg, meta, "failed", error=error_line(err))
+    except OSError as failed:
+        (run_dir / "result.json").unlink(missing_ok=True)  # torn JSON would misreport the run
+        return unrecorded(run_dir / "result.json", failed)
+    return ""
+
+
+def record_resume_failure(run_dir: Path, err: BaseException) -> str:
+    """A failed resume's error in resume-errors/<time>.txt: the run's own result.json and error.txt
+    (its outcome before this attempt) stay as they were. Returns the sentence saying where."""
+    path = None
+    try:
+        path = new_file(run_dir / "resume-errors", datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
+        write_text_atomic(path, error_text(err))
+    except OSError as failed:
+        if path is not None:
+            path.unlink(missing_ok=True)  # the name it reserved, left empty
+        return unrecorded(run_dir / "resume-errors", failed)
+    return f"This resume's error is in {path}; {run_dir}'s own result.json and error.txt are unchanged."
+
+
+def retire_error(run_dir: Path) -> None:
+    """A resume finished the run: the error.txt of its earlier failure moves to resume-errors/,
+    so it no longer sits beside an ok result.json as if it were this outcome's."""
+    error = run_dir / "error.txt"
+    if error.exists():
+        stamp = datetime.fromtimestamp(error.stat().st_mtime).strftime("%Y-%m-%d_%H-%M-%S")
+        error.replace(new_file(run_dir / "resume-errors", f"{stamp}-before-resume"))
+
+
+def error_text(err: BaseException) -> str:
+    detail = "" if isinstance(err, UserError) else "\n\n" + "".join(traceback.format_exception(err))
+    return f"{type(err).__name__}: {err}{detail}\n"
+
+
+def error_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}".splitlines()[0]
+
+
+def unrecorded(path: Path, failed: OSError) -> str:
+    return f"(genart could not record this in {path}: {failed.strerror or failed}.)"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write via path.part and rename: a full disk leaves no torn or empty file behind."""
+    part = path.with_name(path.name + ".part")
+    try:
+        part.write_text(text)
+        part.replace(path)
+    except OSError:
+        part.unlink(missing_ok=True)
+        raise
+
+
+def new_file(folder: Path, stem: str) -> Path:
+    """folder/stem.txt, or stem-02.txt, -03…: the first name no earlier error took."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        path = folder / (f"{stem}.txt" if n == 1 else f"{stem}-{n:02d}.txt")
+        try:
+            path.open("x").close()
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(folder / f"{stem}.txt")
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / ".hydra" / "config.yaml").is_file()
 
 
 def prepare_resume(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Path]:
@@ -125,5 +215,42 @@ def prepare_resume(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, P
             f"would change it: {', '.join(conflicts)}. Resume without them, or start a new run "
             "with them instead."
         )
+    refuse_failed_without_checkpoint(run_dir)
     saved.resume = str(run_dir)
     return saved, run_dir
+
+
+def refuse_failed_without_checkpoint(run_dir: Path) -> None:
+    """A failed run continues from its last checkpoint.pt; one that failed before saving any has
+    nothing to continue, and resuming it would only fail again the same way."""
+    previous = read_result(run_dir)
+    if previous.get("status") != "failed" or (run_dir / "checkpoint.pt").exists():
+        return
+    again = shlex.join(["python", "-m", "genart", *map(str, previous.get("overrides") or [])])
+    raise UserError(
+        f"resume={run_dir} failed before it saved a checkpoint.pt, so there is nothing to "
+        f"continue ({previous.get('error') or 'see its error.txt'}). Fix what that says and "
+        f"start the run again: {again}"
+    )
+
+
+def read_result(run_dir: Path) -> dict:
+    """The run's result.json, or {} when it has none (killed) or it cannot be read."""
+    try:
+        result = json.loads((run_dir / "result.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return result if isinstance(result, dict) else {}
+
+
+def resumed_meta(run_dir: Path, meta: dict) -> dict:
+    """The resumed run's own overrides, W&B group, name and tags (from its .hydra/hydra.yaml), not
+    those of the `resume=…` command; the sweep mode stays this command's."""
+    try:
+        hydra = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra
+        overrides = [str(o) for o in hydra.overrides.task]
+        preset = OmegaConf.select(hydra, "runtime.choices.preset", default=None)
+        dirname = str(OmegaConf.select(hydra, "job.override_dirname", default="") or "")
+    except Exception:  # noqa: BLE001 - no or a damaged hydra.yaml: this command's own meta
+        return meta
+    return {**meta, **meta_from(overrides, dirname, preset)}
