@@ -1,0 +1,1 @@
+"""genart's Hydra launchers (Hydra instantiates launchers only from hydra_plugins)."""

@@ -1,0 +1,23 @@
+"""Test-only: a callback that kills its own process (SIGKILL, as the OOM killer does) mid-run.
+
+Used from the command line, where targets are trusted:
+`+logger._target_=tests.killer.KillAtStep +logger.seed='${seed}' +logger.victim=2`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from genart.callbacks import Callback
+
+
+class KillAtStep(Callback):
+    """SIGKILL this process after step `step` of the run whose seed is `victim`."""
+
+    def __init__(self, seed: int, victim: int, step: int = 0) -> None:
+        self.doomed, self.step = seed == victim, step
+
+    def on_step(self, state: dict) -> None:
+        if self.doomed and state["step"] >= self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
