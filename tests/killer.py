@@ -21,3 +21,14 @@ class KillAtStep(Callback):
     def on_step(self, state: dict) -> None:
         if self.doomed and state["step"] >= self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def die(how: str) -> int:
+    """Leave the process as a job can: killed by a signal, or exiting without a result."""
+    if how == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    os._exit(3)
+
+
+def square(x: int) -> int:
+    return x * x

@@ -139,3 +139,30 @@ def test_every_preset_runs_two_steps_in_one_sweep(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert len(results(sweep_dir)) == len(presets)
+
+
+def test_a_killed_job_is_reported_and_the_others_finish(tmp_path):
+    """kill -9 (as the OOM killer does) in job 2 of 4: joblib's own pool aborted the sweep."""
+    killer = [
+        "+logger._target_=tests.killer.KillAtStep",
+        "+logger.seed=${seed}",
+        "+logger.victim=2",
+    ]
+    args = [
+        *TINY,
+        "steps=2",
+        "logger=none",
+        *killer,
+        "seed=range(0,4)",
+        "hydra/launcher=joblib_safe",
+    ]
+    out = cli("genart", *args, "-m", cwd=tmp_path, env={"PYTHONPATH": str(REPO)}, timeout=900)
+    (sweep_dir,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    assert out.returncode == 1, out.stderr[-3000:]
+    status = {job: (r["status"], r.get("threads")) for job, r in results(sweep_dir).items()}
+    assert status == {"0": ("ok", 1), "1": ("ok", 1), "2": ("failed", None), "3": ("ok", 1)}
+    assert "3 of 4 jobs succeeded" in out.stderr and "Traceback" not in out.stderr
+    (lost,) = [line for line in out.stderr.splitlines() if line.startswith("  FAILED")]
+    assert f"{sweep_dir.name}/2:" in lost and "killed by signal 9 (SIGKILL" in lost
+    assert "killed by signal 9" in (sweep_dir / "2" / "error.txt").read_text()
+    assert "leaked" not in out.stderr
