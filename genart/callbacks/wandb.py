@@ -1,17 +1,26 @@
 """Weights & Biases: one W&B run per genart run, offline unless the user opts in.
 
 Logs the resolved config, every loss term and an image every `log_every` steps, then the final
-image, the trajectory video, the score and the best-match table. Resumes the same W&B run by id.
+image, the trajectory video, the score and the best-match table. The run's W&B identity (id,
+name, group, tags) is kept in `wandb_run.json` when it starts, so a resume continues the same W&B
+run in its sweep group, whatever the `resume=…` command looked like.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
+import re
 import uuid
 from pathlib import Path
 
 from genart.callbacks import Callback
+from genart.errors import UserError
+from genart.files import write_atomic
+
+IDENTITY = "wandb_run.json"
+_RUN_ID = re.compile(r"^[\w-]{1,64}$")  # W&B ids name directories: no slashes or dots
 
 
 class WandbCallback(Callback):
@@ -28,9 +37,7 @@ class WandbCallback(Callback):
         import wandb
 
         self.run_dir = Path(run.run_dir)
-        id_file = self.run_dir / "wandb_id.txt"
-        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
-        id_file.write_text(run_id)
+        identity = run_identity(self.run_dir, run.meta)
         os.environ.setdefault("WANDB_SILENT", "true")
         self.wandb = wandb
         self.run = wandb.init(
@@ -38,14 +45,11 @@ class WandbCallback(Callback):
             project=self.project,
             entity=self.entity,
             dir=str(self.run_dir),
-            id=run_id,
             resume="allow",
             config=run.config,
-            group=run.meta.get("group"),
-            name=run.meta.get("name"),
-            tags=run.meta.get("tags"),
             job_type="render",
             settings=wandb.Settings(console="off", silent=True),
+            **identity,
         )
 
     def on_step(self, state: dict) -> None:
@@ -82,3 +86,44 @@ class WandbCallback(Callback):
             )
         self.run.summary.update(summary)
         self.run.finish()
+
+
+def run_identity(run_dir: Path, meta: dict) -> dict:
+    """id, name, group, tags: those the run started with (wandb_run.json), else new ones from
+    `meta`, stored before wandb.init so a kill at any later point resumes the same W&B run."""
+    path = run_dir / IDENTITY
+    if path.exists():
+        return read_identity(path)
+    legacy = run_dir / "wandb_id.txt"  # runs from before wandb_run.json kept only the id
+    run_id = legacy.read_text().strip() if legacy.exists() else uuid.uuid4().hex[:12]
+    identity = {
+        "id": run_id,
+        "name": meta.get("name"),
+        "group": meta.get("group"),
+        "tags": list(meta.get("tags") or []),
+    }
+    text = json.dumps(identity, indent=2)
+    write_atomic(path, lambda tmp: tmp.write_text(text))  # a full disk: one paragraph, no .part
+    return identity
+
+
+def read_identity(path: Path) -> dict:
+    """The stored identity, checked: a resumed dir may come from anyone."""
+    try:
+        stored = json.loads(path.read_text())
+        identity = {k: stored[k] for k in ("id", "name", "group", "tags")}
+        texts = [identity["name"], identity["group"], *identity["tags"]]
+        valid = (
+            _RUN_ID.match(str(identity["id"]))
+            and isinstance(identity["tags"], list)
+            and all(t is None or isinstance(t, str) for t in texts)
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        valid = False
+    if not valid:
+        raise UserError(
+            f"{path} is not a W&B identity genart wrote (an id of letters, digits, - and _, and "
+            f"text name, group and tags). Restore it from a copy of {path.parent}, or delete it "
+            "to continue the run as a new W&B run."
+        )
+    return identity

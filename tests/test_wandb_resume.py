@@ -1,0 +1,96 @@
+"""A resumed run continues its own W&B run: same id, name, group and tags (issue 11)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.test_failed_resume import FAST, job
+
+# a sweep job's command line: the seed is left out of the W&B group (one group per wording)
+SWEEP_JOB = [
+    *(o for o in FAST if not o.startswith("log")),
+    "log_every=1",
+    "prompts.text=sea",
+    "seed=3",
+]
+GROUP = "generator=vqgan_tiny,guide=clip_tiny,log_every=1,prompts.text=sea,save_every=2,size=[64,64],steps=4"
+
+
+def killed_at_step_3(monkeypatch):
+    """Interrupt the next run at its third step (checkpoint.pt of step 2 is saved); returns undo."""
+    import genart.run
+
+    real_step = genart.run.guided_step
+
+    def step(run, i, *args):
+        if i == 2:
+            raise KeyboardInterrupt
+        return real_step(run, i, *args)
+
+    monkeypatch.setattr(genart.run, "guided_step", step)
+    return lambda: monkeypatch.setattr(genart.run, "guided_step", real_step)
+
+
+def kill_then_resume(tmp_path, monkeypatch):
+    run_dir = tmp_path / "multirun" / "0"
+    undo = killed_at_step_3(monkeypatch)
+    with pytest.raises(SystemExit) as exit_:
+        job(SWEEP_JOB, run_dir)
+    assert exit_.value.code == 130
+    undo()
+    job([f"resume={run_dir}"], tmp_path / "resume_cmd")
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "ok"
+    return run_dir
+
+
+def test_a_resumed_run_keeps_its_wandb_id_name_and_group(tmp_path, monkeypatch):
+    import wandb
+
+    inits = []
+
+    class FakeRun:
+        summary: dict = {}
+
+        def log(self, *args, **kwargs):
+            pass
+
+        def finish(self, *args, **kwargs):
+            pass
+
+    monkeypatch.setattr(wandb, "init", lambda **kw: inits.append(kw) or FakeRun())
+    run_dir = kill_then_resume(tmp_path, monkeypatch)
+    first, resumed = inits
+    identity = {k: first[k] for k in ("id", "name", "group", "tags")}
+    assert identity["group"] == GROUP and "seed=3" in identity["name"]
+    assert {k: resumed[k] for k in identity} == identity, "not a new run named resume=…"
+    assert resumed["resume"] == "allow"
+    assert json.loads((run_dir / "wandb_run.json").read_text()) == identity
+
+
+def test_a_resumed_offline_run_writes_to_the_same_wandb_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    import wandb
+
+    run_dir = kill_then_resume(tmp_path, monkeypatch)
+    wandb.teardown()  # the W&B service writes the offline records after finish() returns
+    run_id = json.loads((run_dir / "wandb_run.json").read_text())["id"]
+    offline = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2 and all(d.name.endswith(f"-{run_id}") for d in offline), offline
+    for d in offline:
+        (record,) = d.glob("run-*.wandb")
+        data = record.read_bytes()
+        assert GROUP.encode() in data and b"seed=3" in data and b"resume=" not in data
+
+
+@pytest.mark.parametrize(
+    "stored", ['{"id": "../../x", "name": "n", "group": "g", "tags": []}', "{not json", "[]"]
+)
+def test_a_damaged_wandb_identity_is_one_paragraph(tmp_path, stored):
+    from genart.callbacks.wandb import run_identity
+    from genart.errors import UserError
+
+    (tmp_path / "wandb_run.json").write_text(stored)
+    with pytest.raises(UserError, match="wandb_run.json is not a W&B identity"):
+        run_identity(tmp_path, {})
