@@ -129,3 +129,31 @@ def test_other_write_errors_are_not_called_a_full_disk(tmp_path, monkeypatch):
         run_tiny(tmp_path, COMMON)
     assert not isinstance(caught.value, UserError)
     assert not list(tmp_path.rglob("*.part"))
+
+
+def test_a_full_disk_at_the_video(tmp_path, monkeypatch):
+    import imageio.v2 as imageio
+
+    from genart.callbacks.frames import write_video
+
+    frames = []
+    for i in range(2):
+        frames.append(tmp_path / f"frames/{i:05d}.png")
+        frames[-1].parent.mkdir(exist_ok=True)
+        Image.new("RGB", (17, 9), (i * 99, 0, 0)).save(frames[-1])
+    real = imageio.get_writer
+
+    def get_writer(path, *args, **kwargs):
+        writer = real(path, *args, **kwargs)
+
+        def append_data(image):
+            raise full(path)
+
+        writer.append_data = append_data
+        return writer
+
+    monkeypatch.setattr(imageio, "get_writer", get_writer)
+    with pytest.raises(UserError) as caught:
+        write_video(frames, tmp_path / "trajectory.mp4", 10)
+    assert_disk_full_paragraph(caught.value, str(tmp_path / "trajectory.mp4"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frames"]

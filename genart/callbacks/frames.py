@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from genart.callbacks import Callback
+from genart.files import write_atomic
 from genart.images import save_png
 
 
@@ -37,10 +38,14 @@ class VideoCallback(Callback):
 
 
 def write_video(frames: list[Path], path: Path, fps: int) -> None:
+    if frames:
+        # ffmpeg picks its container from the name's ending, so the .part name ends in .mp4 too
+        write_atomic(path, lambda tmp: encode_video(frames, tmp, fps), suffix=".part.mp4")
+
+
+def encode_video(frames: list[Path], path: Path, fps: int) -> None:
     import imageio.v2 as imageio
 
-    if not frames:
-        return
     with imageio.get_writer(
         path,
         fps=fps,
