@@ -145,3 +145,16 @@ def test_a_full_disk_still_shows_the_error_and_leaves_no_torn_record(
     if "error.txt" in left:
         assert (run_dir / "error.txt").read_text().startswith("UserError:")
     assert "result.json" not in left, "no torn result.json"
+
+
+def test_a_full_disk_during_a_failed_resume_leaves_no_empty_error_file(tmp_path, monkeypatch):
+    from genart.app import record_resume_failure
+    from genart.errors import UserError
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full)
+    note = record_resume_failure(tmp_path, UserError("the image is gone"))
+    assert "could not record this" in note and "No space left on device" in note
+    assert list((tmp_path / "resume-errors").iterdir()) == []
