@@ -38,7 +38,8 @@ class LostJob:
 
 class JobProcesses:
     """Run each call in a fresh process (spawned: nothing half-initialised is inherited), at most
-    `n_jobs` at once; results come back in order, a process that dies comes back as a `LostJob`."""
+    `n_jobs` at once; results come back in order, a process that dies comes back as a `LostJob`.
+    A call that raises does not stop the others: the first such error is raised once all end."""
 
     def __init__(self, n_jobs: int = -1) -> None:
         self.n_jobs = max(1, os.cpu_count() or 1) if n_jobs is None or n_jobs < 1 else n_jobs
@@ -55,8 +56,12 @@ class JobProcesses:
                     running[index] = self._start(call)
                 self._collect(running, results)
         finally:
-            for process, _ in running.values():  # interrupted (Ctrl-C): leave no orphan
+            for process, _ in running.values():  # interrupted (Ctrl-C reached the jobs too):
+                process.join(timeout=10)  # let each save what it has, then leave no orphan
                 process.kill()
+        raised = [r.error for r in results if isinstance(r, _Raised)]
+        if raised:
+            raise raised[0]
         return results
 
     def _start(self, call: tuple[Callable, tuple]) -> tuple[Any, Any]:
@@ -82,13 +87,21 @@ class JobProcesses:
                 del running[index]
 
 
+@dataclass
+class _Raised:
+    error: BaseException
+
+
 def _run_in_child(payload: bytes, send: Any) -> None:
     function, args = cloudpickle.loads(payload)
-    result = function(*args)
+    try:
+        result = function(*args)
+    except Exception as e:
+        result = _Raised(e)
     try:
         data = cloudpickle.dumps(result)
     except Exception as e:  # an unpicklable return value or exception: keep what can travel
-        data = cloudpickle.dumps(RuntimeError(f"the job's result could not be sent back: {e!r}"))
+        data = cloudpickle.dumps(_Raised(RuntimeError(f"a job's result cannot be sent: {e!r}")))
     send.send_bytes(data)
 
 

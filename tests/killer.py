@@ -32,3 +32,11 @@ def die(how: str) -> int:
 
 def square(x: int) -> int:
     return x * x
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def touch(path: str) -> None:
+    open(path, "w").close()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import signal
 
+import pytest
+
 from genart.launchers import JobProcesses, LostJob
-from tests.killer import die, square
+from tests.killer import die, fail, square, touch
 
 
 def test_a_dead_job_is_a_lost_job_and_the_others_return() -> None:
@@ -15,3 +17,10 @@ def test_a_dead_job_is_a_lost_job_and_the_others_return() -> None:
     assert results[1] == LostJob(1, -signal.SIGKILL) and results[3] == LostJob(3, 3)
     assert results[1].reason.startswith("its process was killed by signal 9 (SIGKILL")
     assert "exited with status 3" in results[3].reason
+
+
+def test_an_error_in_one_call_is_raised_after_the_others_finish(tmp_path) -> None:
+    calls = [(fail, ("bad config",)), (die, ("sigkill",)), (touch, (str(tmp_path / "done"),))]
+    with pytest.raises(ValueError, match="bad config"):
+        JobProcesses(n_jobs=1).run(calls)  # one at a time: the failure came first
+    assert (tmp_path / "done").exists()
