@@ -81,7 +81,7 @@ def test_a_resumed_offline_run_writes_to_the_same_wandb_run(tmp_path, monkeypatc
     for d in offline:
         (record,) = d.glob("run-*.wandb")
         data = record.read_bytes()
-        assert GROUP.encode() in data and b"seed=3" in data and b"resume=" not in data
+        assert GROUP.encode() in data and b"prompts.text=sea,seed=3" in data  # group and name
 
 
 @pytest.mark.parametrize(
@@ -94,3 +94,38 @@ def test_a_damaged_wandb_identity_is_one_paragraph(tmp_path, stored):
     (tmp_path / "wandb_run.json").write_text(stored)
     with pytest.raises(UserError, match="wandb_run.json is not a W&B identity"):
         run_identity(tmp_path, {})
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_job_resumes_into_its_wandb_run(tmp_path):
+    """As a user meets it: a sweep job is killed (-9) mid-run, then `resume=` on its dir."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import OFFLINE, cli
+
+    args = ["generator=vqgan_tiny", "guide=clip_tiny", "size=[64,64]", "steps=40", "save_every=1"]
+    args += ["log_every=5", "prompts.text=sea", "seed=3", "-m"]
+    env = {**os.environ, **OFFLINE}
+    sweep = subprocess.Popen([sys.executable, "-m", "genart", *args], cwd=tmp_path, env=env)
+    deadline = time.monotonic() + 300
+    while not list((tmp_path / "outputs/multirun").glob("*/*/0/checkpoint.pt")):
+        assert sweep.poll() is None and time.monotonic() < deadline, "the job never saved"
+        time.sleep(0.2)
+    sweep.send_signal(signal.SIGKILL)
+    sweep.wait()
+    (job_dir,) = (tmp_path / "outputs/multirun").glob("*/*/0")
+    assert not (job_dir / "result.json").exists(), "killed before it finished"
+    out = cli("genart", f"resume={job_dir}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    identity = json.loads((job_dir / "wandb_run.json").read_text())
+    group = "generator=vqgan_tiny,guide=clip_tiny,log_every=5,prompts.text=sea,save_every=1,size=[64,64],steps=40"
+    assert identity["group"] == group and "seed=3" in identity["name"]
+    offline = sorted((job_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2 and all(d.name.endswith("-" + identity["id"]) for d in offline)
+    (resumed,) = offline[1].glob("run-*.wandb")
+    data = resumed.read_bytes()  # the killed run's record is cut short by the kill
+    assert group.encode() in data and identity["name"].encode() in data
