@@ -70,3 +70,17 @@ def test_two_runs_started_together_keep_their_own_records(tmp_path):
     for t in earlier:
         d = tmp_path / "outputs" / t.strftime("%Y-%m-%d/%H-%M-%S")
         assert [p.name for p in d.iterdir()] == ["earlier.txt"], "an earlier run's dir untouched"
+
+
+def test_a_command_hydra_refuses_leaves_no_empty_run_dir(tmp_path, monkeypatch, capsys):
+    from hydra.core.global_hydra import GlobalHydra
+
+    from genart.__main__ import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["genart", *TINY, "no_such_option=1"])
+    with pytest.raises(SystemExit) as exit_:
+        cli()
+    GlobalHydra.instance().clear()
+    assert exit_.value.code != 0 and "no_such_option" in capsys.readouterr().err
+    assert list((tmp_path / "outputs").glob("*/*")) == [], "the claimed dir is given back"
