@@ -146,9 +146,13 @@ def retire_error(run_dir: Path) -> None:
     """A resume finished the run: the error.txt of its earlier failure moves to resume-errors/,
     so it no longer sits beside an ok result.json as if it were this outcome's."""
     error = run_dir / "error.txt"
-    if error.exists():
-        stamp = datetime.fromtimestamp(error.stat().st_mtime).strftime("%Y-%m-%d_%H-%M-%S")
+    if not error.exists():
+        return
+    stamp = datetime.fromtimestamp(error.stat().st_mtime).strftime("%Y-%m-%d_%H-%M-%S")
+    try:
         error.replace(new_file(run_dir / "resume-errors", f"{stamp}-before-resume"))
+    except OSError:  # the run itself finished: a full disk here must not turn it into a failure
+        pass
 
 
 def error_text(err: BaseException) -> str:
