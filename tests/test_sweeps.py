@@ -142,15 +142,18 @@ def test_every_preset_runs_two_steps_in_one_sweep(tmp_path):
 
 
 def test_a_killed_job_is_reported_and_the_others_finish(tmp_path):
-    """kill -9 (as the OOM killer does) in job 2 of 4: joblib's own pool aborted the sweep."""
+    """kill -9 (as the OOM killer does) in job 2 of 4, after its first checkpoint: joblib's own
+    pool aborted the sweep (TerminatedWorkerError, no summary)."""
     killer = [
         "+logger._target_=tests.killer.KillAtStep",
         "+logger.seed=${seed}",
         "+logger.victim=2",
+        "+logger.step=1",
     ]
     args = [
         *TINY,
-        "steps=2",
+        "steps=3",
+        "save_every=1",
         "logger=none",
         *killer,
         "seed=range(0,4)",
@@ -164,5 +167,8 @@ def test_a_killed_job_is_reported_and_the_others_finish(tmp_path):
     assert "3 of 4 jobs succeeded" in out.stderr and "Traceback" not in out.stderr
     (lost,) = [line for line in out.stderr.splitlines() if line.startswith("  FAILED")]
     assert f"{sweep_dir.name}/2:" in lost and "killed by signal 9 (SIGKILL" in lost
+    assert lost.endswith(
+        f"continue it: python -m genart resume=outputs/multirun/{sweep_dir.parent.name}/{sweep_dir.name}/2"
+    )
     assert "killed by signal 9" in (sweep_dir / "2" / "error.txt").read_text()
     assert "leaked" not in out.stderr
