@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import textwrap
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
@@ -308,8 +309,9 @@ def _summary(run_dir: Path, choices: list[tuple[str, Any]]) -> str:
 
 def _render(notes: list[str], defaults: list[dict], values: dict) -> str:
     """Comments made one-line; the defaults list and values dumped as YAML, never pasted."""
-    lines = ["# @package _global_", *(f"# {_one_line(n)}" for n in notes), ""]
-    entries = yaml.safe_dump({"defaults": [*defaults, "_self_"]}, sort_keys=False, indent=2)
+    lines = ["# @package _global_", *(f"# {_one_line(n)}" for n in notes), "defaults:", ""]
+    entries = yaml.safe_dump([*defaults, "_self_"], sort_keys=False, width=float("inf"))
+    entries = textwrap.indent(entries, "  ")  # every line alike: still one block sequence
     return "\n".join(lines) + entries + OmegaConf.to_yaml(OmegaConf.create(values))
 
 
