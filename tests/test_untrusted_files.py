@@ -67,6 +67,7 @@ def hostile_checkpoints(good: dict, whole: bytes) -> dict:
         "optimizer state shape": torch_bytes(
             {**good, "optimizer": wrong_adam_state(good["optimizer"])}
         ),
+        "optimizer lr a string": torch_bytes({**good, "optimizer": lr_a_string(good["optimizer"])}),
         "rng foreign": torch_bytes({**good, "rng": {"torch": torch.zeros(3)}}),
         "stats state foreign": torch_bytes({**good, "callbacks": {"StatsCallback": [1]}}),
         "stats sums shape": torch_bytes(
@@ -90,6 +91,10 @@ def stats_of(good: dict) -> dict:
 def wrong_adam_state(optimizer: dict) -> dict:
     state = {k: {**v, "exp_avg": v["exp_avg"][..., :1]} for k, v in optimizer["state"].items()}
     return {**optimizer, "state": state}
+
+
+def lr_a_string(optimizer: dict) -> dict:
+    return {**optimizer, "param_groups": [{**g, "lr": "0.1"} for g in optimizer["param_groups"]]}
 
 
 def assert_one_paragraph(err: UserError, path: Path) -> None:

@@ -50,9 +50,10 @@ def load_checkpoint_into(path: Path, generator, optimizer, steps: int) -> dict:
     payload = load_untrusted(path, WHAT)
     params = list(generator.theta())
     check_payload(path, payload, params, steps)
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     try:
         optimizer.load_state_dict(payload["optimizer"])
-        check_optimizer_state(optimizer, params)
+        check_optimizer_state(optimizer, params, groups)
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
         raise unreadable(path, WHAT, f"its optimiser state does not fit this run ({err})") from None
     with torch.no_grad():
@@ -83,8 +84,12 @@ def check_payload(path: Path, payload, params: list, steps: int) -> None:
         raise unreadable(path, WHAT, "its callbacks' state is not a dict")
 
 
-def check_optimizer_state(optimizer, params: list) -> None:
-    """torch checks the groups' sizes on load, not the state tensors' shapes: a wrong one fails later."""
+def check_optimizer_state(optimizer, params: list, groups: list[dict]) -> None:
+    """torch checks the groups' sizes on load, not their settings' types or the state's shapes."""
+    for group, before in zip(optimizer.param_groups, groups, strict=True):
+        for key, value in before.items():
+            if type(group.get(key)) is not type(value):
+                raise ValueError(f"{key} is {group.get(key)!r}, this run's is {value!r}")
     for param in params:
         for name, value in optimizer.state.get(param, {}).items():
             if torch.is_tensor(value) and value.dim() and value.shape != param.shape:
