@@ -1,4 +1,5 @@
-"""The end of a sweep: a summary of failed jobs (exit ≠ 0) and a W&B comparison table per group.
+"""The ends of a sweep: joblib's launcher swapped for one that survives a killed job; a summary of
+failed jobs (exit ≠ 0) and a W&B comparison table per group.
 
 Registered as a Hydra callback (`hydra.callbacks.sweep_summary` in conf/config.yaml), so it runs
 in the launching process whatever the launcher (basic, joblib, Ray, Slurm).
@@ -6,12 +7,16 @@ in the launching process whatever the launcher (basic, joblib, Ray, Slurm).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict, read_write
+
+JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+JOBLIB_SAFE = "hydra_plugins.genart_launcher.joblib_safe.JoblibSafeLauncher"
 
 
 def read_results(sweep_dir: Path) -> list[dict]:
@@ -47,7 +52,19 @@ def summarise(jobs: list[dict]) -> str:
 
 
 class SweepCallback(Callback):
-    """on_multirun_end: print the summary, remember failures for the exit code, log W&B tables."""
+    """on_multirun_start: `hydra/launcher=joblib` runs on joblib_safe's launcher; on_multirun_end:
+    print the summary, remember failures for the exit code, log W&B tables."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        """Same settings, one process per job: a job the OS kills is one failed job, where joblib's
+        pool would end the sweep (hydra_plugins/genart_launcher). Hydra builds the launcher from
+        this config right after this hook."""
+        launcher = config.hydra.launcher
+        if launcher.get("_target_") == JOBLIB and importlib.util.find_spec(
+            "hydra_plugins.genart_launcher"
+        ):
+            with read_write(launcher), open_dict(launcher):
+                launcher._target_ = JOBLIB_SAFE
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from genart import cli

@@ -157,7 +157,7 @@ def test_a_killed_job_is_reported_and_the_others_finish(tmp_path):
         "logger=none",
         *killer,
         "seed=range(0,4)",
-        "hydra/launcher=joblib_safe",
+        "hydra/launcher=joblib",  # as users type it: genart runs it on joblib_safe's launcher
     ]
     out = cli("genart", *args, "-m", cwd=tmp_path, env={"PYTHONPATH": str(REPO)}, timeout=900)
     (sweep_dir,) = (tmp_path / "outputs" / "multirun").glob("*/*")
