@@ -48,9 +48,11 @@ def kill_at(monkeypatch, step: int, before_save: bool) -> None:
     monkeypatch.setattr(CheckpointCallback, "on_step", on_step)
 
 
-def assert_same_files(a, b) -> None:
-    for name in [*(f"stats/{n}" for n in STATS), "final.png"]:
+def assert_same_files(a, b, resumed_by_cli: bool = False) -> None:
+    for name in [*(f"stats/{n}" for n in STATS), *([] if resumed_by_cli else ["final.png"])]:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    if resumed_by_cli:  # final.png's config chunk then says `resume: <dir>`, its only difference
+        assert_same_png_but_resume(a / "final.png", b / "final.png")
     frames = sorted(p.name for p in (a / "frames").iterdir())
     assert frames == sorted(p.name for p in (b / "frames").iterdir())
     for name in frames:
@@ -72,7 +74,16 @@ def test_the_uninterrupted_run_moves_and_logs_what_the_kills_could_lose(whole):
 
 @pytest.mark.parametrize(
     ("step", "before_save"),
-    [(3, False), (4, False), (5, False), (6, True), (6, False), (7, False), (8, True)],
+    [
+        (3, False),  # just after a save
+        (4, False),  # before step 4's rows: step 3's wins are pending in the checkpoint
+        (5, False),  # after step 4's rows: step 3's rows are written after the checkpoint
+        (6, True),  # at a save step, before its checkpoint
+        *(
+            pytest.param(s, b, marks=pytest.mark.slow)
+            for s, b in [(6, False), (7, False), (8, True)]
+        ),
+    ],
 )
 def test_a_killed_run_resumed_writes_the_same_files(
     tmp_path, monkeypatch, whole, step, before_save
@@ -87,6 +98,7 @@ def test_a_killed_run_resumed_writes_the_same_files(
     assert not list(tmp_path.rglob("*.part"))
 
 
+@pytest.mark.slow
 def test_killed_twice_then_resumed_writes_the_same_files(tmp_path, monkeypatch, whole):
     kill_at(monkeypatch, 4, before_save=False)
     with pytest.raises(KeyboardInterrupt):
@@ -128,3 +140,82 @@ def test_a_resume_of_a_checkpoint_without_stats_state_keeps_its_positional_state
     before = (tmp_path / "stats/positional.csv").read_bytes()
     run_tiny(tmp_path, [*COMMON, "steps=3"], resume=True)
     assert (tmp_path / "stats/positional.csv").read_bytes() == before
+
+
+def kill_9_when(args: list[str], run_dir, ready, cwd) -> None:
+    """Start `python -m genart args`, SIGKILL it as soon as ready(run_dir) holds (or let it end)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import OFFLINE
+
+    env = {**os.environ, **OFFLINE}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "genart", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    while proc.poll() is None:
+        if ready(run_dir):
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.001)
+    proc.wait()
+
+
+def rows(run_dir, name: str) -> int:
+    try:
+        return (run_dir / "stats" / name).read_bytes().count(b"\n") - 1
+    except FileNotFoundError:
+        return 0
+
+
+def saving(run_dir) -> bool:
+    return any(run_dir.rglob("*.part")) or any(run_dir.rglob("*.part.*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("logger", ["none", "wandb"])
+def test_kill_9_at_several_steps_then_resume_writes_the_same_files(tmp_path, logger):
+    from tests.conftest import TINY, cli
+
+    args = [*(a for a in TINY if not a.startswith("logger=")), f"logger={logger}", *COMMON]
+    whole = tmp_path / "whole"
+    done = cli("genart", *args, f"hydra.run.dir={whole}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    cut = tmp_path / "cut"
+    kills = [
+        lambda d: rows(d, "losses.csv") >= 1,  # between saves
+        lambda d: saving(d),  # during a save (a .part file exists)
+        lambda d: rows(d, "losses.csv") >= 3,  # after step 6's save
+        lambda d: saving(d),
+        lambda d: (d / "frames/00008.png").exists(),  # during the last step's writes
+    ]
+    kill_9_when([*args, f"hydra.run.dir={cut}"], cut, kills[0], tmp_path)
+    for ready in kills[1:]:
+        if (cut / "checkpoint.pt").exists():
+            kill_9_when([f"resume={cut}"], cut, ready, tmp_path)
+        else:
+            kill_9_when([*args, f"hydra.run.dir={cut}"], cut, ready, tmp_path)
+    result = cli("genart", f"resume={cut}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert_same_files(cut, whole, resumed_by_cli=True)
+
+
+def assert_same_png_but_resume(a, b) -> None:
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(a) as image_a, Image.open(b) as image_b:
+        assert np.array_equal(np.asarray(image_a), np.asarray(image_b))
+        text_a, text_b = dict(image_a.text), dict(image_b.text)
+    config_a, config_b = (t.pop("config").splitlines() for t in (text_a, text_b))
+    assert text_a == text_b
+    assert [line for line in config_a if not line.startswith("resume:")] == [
+        line for line in config_b if not line.startswith("resume:")
+    ]
