@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 from genart.callbacks import Callback
 
@@ -40,3 +41,11 @@ def fail(message: str) -> None:
 
 def touch(path: str) -> None:
     open(path, "w").close()
+
+
+def stamp(path: str) -> None:
+    """Record when this call ran (CLOCK_MONOTONIC is one clock for every process)."""
+    start = time.monotonic()
+    time.sleep(0.3)
+    with open(path, "w") as f:
+        f.write(f"{start} {time.monotonic()}")
