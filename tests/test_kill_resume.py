@@ -142,7 +142,7 @@ def test_a_resume_of_a_checkpoint_without_stats_state_keeps_its_positional_state
     assert (tmp_path / "stats/positional.csv").read_bytes() == before
 
 
-def kill_9_when(args: list[str], run_dir, ready, cwd) -> None:
+def kill_9_when(args: list[str], run_dir, ready, cwd) -> str:
     """Start `python -m genart args`, SIGKILL it as soon as ready(run_dir) holds (or let it end)."""
     import os
     import signal
@@ -160,12 +160,15 @@ def kill_9_when(args: list[str], run_dir, ready, cwd) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    killed = "ended"
     while proc.poll() is None:
         if ready(run_dir):
             os.kill(proc.pid, signal.SIGKILL)
+            killed = "killed during a save" if saving(run_dir) else "killed"
             break
         time.sleep(0.001)
     proc.wait()
+    return killed
 
 
 def rows(run_dir, name: str) -> int:
@@ -196,12 +199,12 @@ def test_kill_9_at_several_steps_then_resume_writes_the_same_files(tmp_path, log
         lambda d: saving(d),
         lambda d: (d / "frames/00008.png").exists(),  # during the last step's writes
     ]
-    kill_9_when([*args, f"hydra.run.dir={cut}"], cut, kills[0], tmp_path)
+    outcomes = [kill_9_when([*args, f"hydra.run.dir={cut}"], cut, kills[0], tmp_path)]
     for ready in kills[1:]:
-        if (cut / "checkpoint.pt").exists():
-            kill_9_when([f"resume={cut}"], cut, ready, tmp_path)
-        else:
-            kill_9_when([*args, f"hydra.run.dir={cut}"], cut, ready, tmp_path)
+        resume = [f"resume={cut}"] if (cut / "checkpoint.pt").exists() else None
+        run = resume or [*args, f"hydra.run.dir={cut}"]
+        outcomes.append(kill_9_when(run, cut, ready, tmp_path))
+    assert outcomes.count("ended") <= 1, outcomes  # the kills happened
     result = cli("genart", f"resume={cut}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert_same_files(cut, whole, resumed_by_cli=True)
