@@ -210,7 +210,7 @@ print(conf.__file__, genart.__file__, cfg.prompts.anchors[1].subject, sep="\\n")
 def test_the_wheel_ships_every_config_and_composes_outside_the_repo(tmp_path):
     """`pkg://conf` works only if conf/ is a package whose YAML files are in the built wheel."""
     source = tmp_path / "src"  # built from a copy: a build writes build/ and *.egg-info/
-    for name in ("genart", "conf"):
+    for name in ("genart", "conf", "hydra_plugins"):
         shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(REPO / name, source / name)
@@ -223,6 +223,7 @@ def test_the_wheel_ships_every_config_and_composes_outside_the_repo(tmp_path):
     shipped = set(zipfile.ZipFile(wheel).namelist())
     configs = {str(p.relative_to(REPO)) for p in (REPO / "conf").rglob("*.yaml")}
     assert "conf/__init__.py" in shipped and configs <= shipped, sorted(configs - shipped)[:5]
+    assert "hydra_plugins/genart_launcher/joblib_safe.py" in shipped  # Hydra finds launchers there
     zipfile.ZipFile(wheel).extractall(tmp_path / "site")
     elsewhere = tmp_path / "elsewhere"  # not the repo: only the installed files can be found
     elsewhere.mkdir()
