@@ -299,11 +299,11 @@ def check_finite(out: dict, step: int, run: Run) -> None:
 
 def saved_step(path: Path) -> int | None:
     """The step of a run's checkpoint.pt, or None when there is none (or it is unreadable)."""
-    import torch
+    from genart.files import load_untrusted
 
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
-    except (OSError, RuntimeError, KeyError, ValueError):
+        return int(load_untrusted(path, "checkpoint")["step"])
+    except (UserError, KeyError, TypeError, ValueError):  # never torch's own advice
         return None
 
 
@@ -408,10 +408,11 @@ def finish(cfg: DictConfig, run: Run, targets: list) -> float:
     from genart.images import save_png
 
     image = current_image(run)()
+    rendered = OmegaConf.merge(cfg, {"resume": None})  # a resumed run's image is the same image
     text = {
         "prompts": " | ".join(run.schedule.texts),
         "seed": str(cfg.seed),
-        "config": OmegaConf.to_yaml(cfg),
+        "config": OmegaConf.to_yaml(rendered),
     }
     save_png(image, run.run_dir / "final.png", text)
     score = score_image(run, image, targets, cfg.steps - 1, cfg.score.views, cfg.score.seed)
