@@ -240,3 +240,29 @@ def test_a_defaults_entry_cannot_pick_its_file_from_the_command_line(tmp_path: P
     root = hostile_dir(tmp_path / "shared", files, tmp_path / "marker")
     with pytest.raises(UserError, match="Hydra cannot compose it: Error resolving interpolation"):
         check_presets(["+preset=x", "generator=vqgan_tiny"], [root])
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_every_hostile_preset_stops_the_command_and_writes_nothing(tmp_path: Path) -> None:
+    """Each case above, as a user meets it: `python -m genart +preset=x` exits 2 in one paragraph,
+    and neither the working folder, the presets folder nor the marker path gains a file."""
+    refused = []
+    for name in sorted(CASES):
+        case = tmp_path / name
+        root = hostile_dir(case / "shared", CASES[name][0], case / "marker")
+        work = case / "work"
+        work.mkdir()
+        before = snapshot(case)
+        args = ["+preset=x", *TINY, "steps=1", "size=[32,32]"]
+        result = cli("genart", *args, cwd=work, env={"GENART_PRESETS_DIR": str(root)}, timeout=300)
+        assert result.returncode == 2, (name, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr, (name, result.stderr[-2000:])
+        assert result.stderr.startswith("genart: ") and result.stderr.count("\n") == 1, name
+        assert snapshot(case) == before, name
+        refused.append(name)
+    assert len(refused) == len(CASES) >= 30
+    assert not Path(RUN_DIR.split()[-1]).exists()  # where the hydra.run.dir cases point
