@@ -220,6 +220,8 @@ def prepare_resume(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, P
             "with them instead."
         )
     refuse_failed_without_checkpoint(run_dir)
+    for key in cfg.keys() - saved.keys():  # a part added since that run (updater): its default
+        saved[key] = cfg[key]
     saved.resume = str(run_dir)
     return saved, run_dir
 

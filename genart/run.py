@@ -1,6 +1,7 @@
 """The one optimisation loop: build the parts from the config, optimise θ, record, return a score.
 
-This is the only module that calls `instantiate`; it never names a generator, guide or loss.
+This is the only module that calls `instantiate`; it never names a generator, guide, loss or
+updater. A step is `updater.step(objective, generator, step)` (genart.updaters, genart.objective).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class Run:
     cutouts: object = None
     schedule: object = None
     losses: dict = field(default_factory=dict)
-    optimizer: object = None
+    updater: object = None
     callbacks: list = field(default_factory=list)
     start_step: int = 0
     step: int = 0
@@ -47,7 +48,7 @@ def resolve_all_weights(cfg: DictConfig) -> DictConfig:
 
 
 def build(cfg: DictConfig, run: Run) -> None:
-    """Instantiate generator, guide, cutouts, prompts, losses, optimiser and callbacks."""
+    """Instantiate generator, guide, cutouts, prompts, losses, updater and callbacks."""
     import torch
     from hydra.utils import instantiate
 
@@ -85,7 +86,7 @@ def build(cfg: DictConfig, run: Run) -> None:
             "Every loss is switched off (losses.<name>: null). Keep at least losses.prompt."
         )
     warn_unmet_needs(run.losses, run.cutouts)
-    run.optimizer = instantiate(cfg.optimizer)(params=run.generator.theta())
+    run.updater = instantiate(cfg.updater)(generator=run.generator, autocast=run.autocast)
     run.callbacks = default_callbacks() + ([instantiate(cfg.logger)] if cfg.get("logger") else [])
     torch.set_grad_enabled(True)
 
@@ -199,77 +200,12 @@ def load_init_image(init: DictConfig, size: tuple[int, int]):
     return image
 
 
-def guided_step(run: Run, step: int, targets: list, init: dict):
-    """One forward/backward/update; returns the loss terms and what the stats need."""
-    import torch
-    from torch.profiler import record_function  # named ranges for genart.bench; ~free unprofiled
+def guided_step(run: Run, step: int, targets: list, init: dict) -> dict:
+    """One update of θ by the run's updater; returns the loss terms and what the stats need."""
+    from genart.objective import Objective
 
-    from genart.losses import LossContext
-
-    with record_function("genart/generator"), run.autocast():
-        image = run.generator().float()  # (1, 3, H, W) in [0, 1]
-    with record_function("genart/cutouts"):
-        views = run.cutouts(image, step)
-    with record_function("genart/guide"):
-        image_embeds = [e.float() for e in run.guide.encode_image(views.pixels)]
-    with record_function("genart/losses"):
-        sims = mean_similarity(run, image_embeds, targets)  # (N, P) for best-match and its stats
-        W, winners = run.schedule.weights(step, views, sims)
-        ctx = LossContext(
-            step=step,
-            image=image,
-            views=views,
-            image_embeds=image_embeds,
-            text_embeds=targets,
-            model_weights=run.guide.weights,
-            W=W,
-            stops=run.schedule.stops(W.device),
-            anchor_mix=run.schedule.anchor_mix(views),
-            latent=run.generator.latent(),
-            **init,
-        )
-        terms = {
-            name: evaluate(loss, ctx) for name, loss in run.losses.items() if loss.active(step)
-        }
-        total = sum(run.losses[name].weight * value for name, value in terms.items())
-        total = total if torch.is_tensor(total) else image.new_zeros(())
-    with record_function("genart/backward"):
-        run.optimizer.zero_grad(set_to_none=True)
-        if total.requires_grad:
-            total.backward()
-    with record_function("genart/optimizer"), torch.no_grad():
-        run.optimizer.step()
-        run.generator.post_step()
-    return {
-        "terms": terms,
-        "total": total,
-        "views": views,
-        "W": W,
-        "winners": winners,
-        "sims": sims,
-    }
-
-
-def evaluate(loss, ctx):
-    """A term's raw value; a weight-0 term is still measured (for the logs) but builds no graph."""
-    import torch
-
-    if loss.weight != 0:
-        return loss(ctx)
-    with torch.no_grad():
-        return loss(ctx)
-
-
-def mean_similarity(run: Run, image_embeds: list, targets: list):
-    """(N, P) cosine similarity, ensemble-weighted; selection only, so no gradient."""
-    total = sum(run.guide.weights)
-    return (
-        sum(
-            w * (e.detach() @ t.T)
-            for w, e, t in zip(run.guide.weights, image_embeds, targets, strict=True)
-        )
-        / total
-    )
+    objective = Objective(run.cutouts, run.guide, run.schedule, run.losses, targets, **init)
+    return run.updater.step(objective, run.generator, step)
 
 
 def check_finite(out: dict, step: int, run: Run) -> None:
@@ -347,6 +283,8 @@ def score_image(run: Run, image, targets: list, step: int, n_views: int, seed: i
     """Weighted prompt similarity over fixed, seeded evaluation views; negative prompts excluded."""
     import torch
 
+    from genart.objective import mean_similarity
+
     num = den = 0.0
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -354,14 +292,14 @@ def score_image(run: Run, image, targets: list, step: int, n_views: int, seed: i
         while seen < n_views:
             views = run.cutouts(image, step)
             embeds = [e.float() for e in run.guide.encode_image(views.pixels)]
-            sims = mean_similarity(run, embeds, targets)
+            sims = mean_similarity(run.guide, embeds, targets)
             W = run.schedule.weights(step, views, sims)[0].clamp(min=0)
             num, den, seen = num + float((W * sims).sum()), den + float(W.sum()), seen + len(sims)
     return num / den if den > 0 else math.nan
 
 
 def resume_from_checkpoint(run: Run) -> None:
-    """θ, optimiser, RNG and callbacks' state from checkpoint.pt; a file genart cannot use is a UserError."""
+    """θ, updater, RNG and callbacks' state from checkpoint.pt; a file genart cannot use is a UserError."""
     from genart.callbacks.checkpoint import WHAT, load_checkpoint_into
     from genart.files import unreadable
     from genart.runtime import set_rng_state
@@ -371,7 +309,7 @@ def resume_from_checkpoint(run: Run) -> None:
         raise UserError(
             f"resume={run.run_dir} has no checkpoint.pt to continue from; start a new run."
         )
-    payload = load_checkpoint_into(path, run.generator, run.optimizer, run.config["steps"])
+    payload = load_checkpoint_into(path, run.generator, run.updater, run.config["steps"])
     try:
         set_rng_state(payload["rng"])
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:

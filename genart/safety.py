@@ -44,6 +44,7 @@ ALLOWED_TARGETS = frozenset(
         "genart.prompts.PromptSchedule",
         "genart.seed_images.two_blotches",
         "genart.sweep.SweepCallback",
+        "genart.updaters.GradientUpdater",
         "kornia.augmentation.ColorJitter",
         "kornia.augmentation.RandomAffine",
         "kornia.augmentation.RandomErasing",

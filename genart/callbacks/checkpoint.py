@@ -1,4 +1,4 @@
-"""checkpoint.pt (θ, optimiser state, step, RNG states, callbacks' state) so a killed run resumes exactly.
+"""checkpoint.pt (θ, the updater's state, step, RNG states, callbacks' state) so a killed run resumes exactly.
 
 Callbacks with `checkpoint_state(state)` / `load_checkpoint_state(saved)` (stats: positional sums,
 best-match wins not yet written) are saved in the same file, so one atomic write keeps everything
@@ -30,30 +30,32 @@ class CheckpointCallback(Callback):
                 for cb in self.run.callbacks
                 if hasattr(cb, "checkpoint_state")
             }
-            save_checkpoint(self.path, self.run.generator, self.run.optimizer, state["step"], extra)
+            save_checkpoint(self.path, self.run.generator, self.run.updater, state["step"], extra)
 
 
-def save_checkpoint(path: Path, generator, optimizer, step: int, callbacks: dict | None = None):
-    """Write atomically: a kill or a full disk during the write leaves the previous checkpoint intact."""
+def save_checkpoint(path: Path, generator, updater, step: int, callbacks: dict | None = None):
+    """Write atomically: a kill or a full disk during the write leaves the previous checkpoint intact.
+
+    The updater's state goes under "optimizer", the key it had when the optimiser was the only
+    updater, so those checkpoints still resume.
+    """
     payload = {
         "step": step,
         "theta": [p.detach().cpu() for p in generator.theta()],
-        "optimizer": optimizer.state_dict(),
+        "optimizer": updater.state_dict(),
         "rng": rng_state(),
         "callbacks": callbacks or {},
     }
     write_atomic(path, lambda tmp: torch.save(payload, tmp))
 
 
-def load_checkpoint_into(path: Path, generator, optimizer, steps: int) -> dict:
-    """Restore θ and the optimiser from a checked payload; return it (step, rng, callbacks)."""
+def load_checkpoint_into(path: Path, generator, updater, steps: int) -> dict:
+    """Restore θ and the updater from a checked payload; return it (step, rng, callbacks)."""
     payload = load_untrusted(path, WHAT)
     params = list(generator.theta())
     check_payload(path, payload, params, steps)
-    groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     try:
-        optimizer.load_state_dict(payload["optimizer"])
-        check_optimizer_state(optimizer, params, groups)
+        updater.load_state_dict(payload["optimizer"])
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
         raise unreadable(path, WHAT, f"its optimiser state does not fit this run ({err})") from None
     with torch.no_grad():
@@ -82,15 +84,3 @@ def check_payload(path: Path, payload, params: list, steps: int) -> None:
             raise unreadable(path, WHAT, "θ holds NaN or infinite values")
     if not isinstance(payload.get("callbacks", {}), dict):
         raise unreadable(path, WHAT, "its callbacks' state is not a dict")
-
-
-def check_optimizer_state(optimizer, params: list, groups: list[dict]) -> None:
-    """torch checks the groups' sizes on load, not their settings' types or the state's shapes."""
-    for group, before in zip(optimizer.param_groups, groups, strict=True):
-        for key, value in before.items():
-            if type(group.get(key)) is not type(value):
-                raise ValueError(f"{key} is {group.get(key)!r}, this run's is {value!r}")
-    for param in params:
-        for name, value in optimizer.state.get(param, {}).items():
-            if torch.is_tensor(value) and value.dim() and value.shape != param.shape:
-                raise ValueError(f"{name} is {tuple(value.shape)}, θ is {tuple(param.shape)}")
