@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from genart.checks import check_config, check_prompt_source
 from genart.errors import UserError
+from genart.files import replace_atomic
 
 FAILED_STATUS = float("nan")  # what a failed job returns to sweepers
 
@@ -117,7 +118,7 @@ def record_failure(run_dir: Path, cfg: DictConfig, meta: dict, err: BaseExceptio
 
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / "error.txt", error_text(err))
+        replace_atomic(run_dir / "error.txt", lambda part: part.write_text(error_text(err)))
     except OSError as failed:
         return unrecorded(run_dir / "error.txt", failed)
     try:
@@ -134,7 +135,7 @@ def record_resume_failure(run_dir: Path, err: BaseException) -> str:
     path = None
     try:
         path = new_file(run_dir / "resume-errors", datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
-        write_text_atomic(path, error_text(err))
+        replace_atomic(path, lambda part: part.write_text(error_text(err)))
     except OSError as failed:
         if path is not None:
             path.unlink(missing_ok=True)  # the name it reserved, left empty
@@ -166,17 +167,6 @@ def error_line(err: BaseException) -> str:
 
 def unrecorded(path: Path, failed: OSError) -> str:
     return f"(genart could not record this in {path}: {failed.strerror or failed}.)"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via path.part and rename: a full disk leaves no torn or empty file behind."""
-    part = path.with_name(path.name + ".part")
-    try:
-        part.write_text(text)
-        part.replace(path)
-    except OSError:
-        part.unlink(missing_ok=True)
-        raise
 
 
 def new_file(folder: Path, stem: str) -> Path:

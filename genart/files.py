@@ -13,15 +13,23 @@ FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def write_atomic(path: Path, write: Callable[[Path], None], suffix: str = ".part") -> None:
+    """`replace_atomic`, with a full disk turned into one paragraph (`raise_if_disk_full`)."""
+    try:
+        replace_atomic(path, write, suffix)
+    except OSError as err:
+        raise_if_disk_full(err, Path(path))
+        raise
+
+
+def replace_atomic(path: Path, write: Callable[[Path], None], suffix: str = ".part") -> None:
     """write(tmp) then rename over `path`: a kill leaves the old file; a failure leaves no .part."""
     path = Path(path)
     tmp = path.with_name(path.name + suffix)
     try:
         write(tmp)
         tmp.replace(path)
-    except BaseException as err:
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        raise_if_disk_full(err, path)
         raise
 
 
