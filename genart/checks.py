@@ -208,16 +208,9 @@ def check_output_dir(argv: list[str]) -> None:
     so this reads those two, before Hydra starts. Interpolated parts (`${now:…}`) are not
     resolved: only the literal directories before them are checked.
     """
-    from genart.overrides import is_multirun
-    from genart.safety import OVERRIDE, read_main_config
+    from genart.run_dirs import dir_setting
 
-    key = "hydra.sweep.dir" if is_multirun(argv) else "hydra.run.dir"
-    section, name = key.split(".")[1:]
-    value = read_main_config().get("hydra", {}).get(section, {}).get(name)
-    for arg in argv:
-        match = OVERRIDE.match(arg)
-        if match and match[2] == key:
-            value = match[4].strip("'\"")
+    key, value, _ = dir_setting(argv)
     if value:
         _check_dir_path(key, str(value))
 

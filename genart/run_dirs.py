@@ -22,18 +22,33 @@ _NO_CLAIM = frozenset(
 )
 
 
+def dir_key(argv: list[str]) -> str:
+    """The key Hydra makes this command's dir from: hydra.sweep.dir with -m, else hydra.run.dir."""
+    from genart.overrides import is_multirun
+
+    return "hydra.sweep.dir" if is_multirun(argv) else "hydra.run.dir"
+
+
+def dir_setting(argv: list[str]) -> tuple[str, str | None, bool]:
+    """(key, its value, whether the command line set it): the command line's last override of
+    the key, else conf/config.yaml's (no preset may touch `hydra.`)."""
+    from genart.safety import OVERRIDE, read_main_config
+
+    key = dir_key(argv)
+    typed = [m[4].strip("'\"") for a in argv if (m := OVERRIDE.match(a)) and m[2] == key]
+    if typed:
+        return key, typed[-1], True
+    return key, read_main_config().get("hydra", {}).get(key.split(".")[1], {}).get("dir"), False
+
+
 def claim_run_dir(argv: list[str], now: datetime | None = None) -> Path | None:
     """Make this command's run (or sweep) dir from conf/config.yaml's pattern, taken by no other
     run; None when the command line names its own dir or will run nothing."""
-    from genart.overrides import is_multirun
-    from genart.safety import OVERRIDE, read_main_config
-
-    key = "hydra.sweep.dir" if is_multirun(argv) else "hydra.run.dir"
     if any(a.split("=")[0] in _NO_CLAIM for a in argv):
         return None
-    if any((m := OVERRIDE.match(a)) and m[2] == key for a in argv):
+    key, pattern, typed = dir_setting(argv)
+    if typed:
         return None
-    pattern = read_main_config().get("hydra", {}).get(key.split(".")[1], {}).get("dir")
     stamp = now or datetime.now()
     path = _NOW.sub(lambda m: stamp.strftime(m[1]), str(pattern or ""))
     if not path or "${" in path:  # another resolver: Hydra's own naming applies
@@ -60,10 +75,9 @@ def claim_new(path: Path, key: str = "hydra.run.dir") -> Path:
 
 def pin_override(path: Path, argv: list[str]) -> str:
     """The Hydra override that puts this command's run (or sweep) in `path`."""
-    from genart.overrides import is_multirun, quote
+    from genart.overrides import quote
 
-    key = "hydra.sweep.dir" if is_multirun(argv) else "hydra.run.dir"
-    return f"{key}={quote(str(path))}"
+    return f"{dir_key(argv)}={quote(str(path))}"
 
 
 def release_if_unused(path: Path | None) -> None:
