@@ -107,19 +107,11 @@ def assert_one_paragraph(err: UserError, path: Path) -> None:
 def test_every_hostile_checkpoint_is_one_paragraph(base, tmp_path):
     whole = (base / "checkpoint.pt").read_bytes()
     good = torch.load(base / "checkpoint.pt", weights_only=True)
-    MARKER.unlink(missing_ok=True)
-    failures = []
-    for name, data in hostile_checkpoints(good, whole).items():
-        run_dir = tmp_path / name.replace(" ", "_")
-        shutil.copytree(base, run_dir)
+
+    def plant(run_dir, data):
         (run_dir / "checkpoint.pt").write_bytes(data)
-        try:
-            run_tiny(run_dir, BASE, resume=True)
-            failures.append(f"{name}: resumed")
-        except UserError as err:
-            assert_one_paragraph(err, run_dir / "checkpoint.pt")
-        except Exception as err:  # noqa: BLE001 - collected, so every case is reported
-            failures.append(f"{name}: {type(err).__name__}: {err}"[:200])
+
+    failures = resume_each(base, tmp_path, hostile_checkpoints(good, whole), plant, "checkpoint.pt")
     assert not failures
 
 
@@ -141,21 +133,32 @@ def test_every_hostile_positional_state_is_one_paragraph(base, tmp_path):
         "wrong shapes": torch_bytes({**state, "sum": torch.zeros(3, 1)}),
         "counts not a tensor": torch_bytes({**state, "count": "many"}),
     }
+
+    def plant(run_dir, data):
+        torch.save(legacy, run_dir / "checkpoint.pt")
+        (run_dir / "stats/positional_state.pt").write_bytes(data)
+
+    failures = resume_each(base, tmp_path, cases, plant, "stats/positional_state.pt")
+    assert not failures
+
+
+def resume_each(base, tmp_path, cases: dict, plant, planted: str) -> list[str]:
+    """Resume a copy of `base` with each case's bytes planted; the cases not refused in one
+    paragraph naming the planted file (all of them are tried, so every miss is reported)."""
     MARKER.unlink(missing_ok=True)
     failures = []
     for name, data in cases.items():
         run_dir = tmp_path / name.replace(" ", "_")
         shutil.copytree(base, run_dir)
-        torch.save(legacy, run_dir / "checkpoint.pt")
-        (run_dir / "stats/positional_state.pt").write_bytes(data)
+        plant(run_dir, data)
         try:
             run_tiny(run_dir, BASE, resume=True)
             failures.append(f"{name}: resumed")
         except UserError as err:
-            assert_one_paragraph(err, run_dir / "stats/positional_state.pt")
+            assert_one_paragraph(err, run_dir / planted)
         except Exception as err:  # noqa: BLE001 - collected, so every case is reported
             failures.append(f"{name}: {type(err).__name__}: {err}"[:200])
-    assert not failures
+    return failures
 
 
 @pytest.mark.slow
