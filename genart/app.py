@@ -60,9 +60,9 @@ def run_job(cfg: DictConfig) -> float:
         else:
             check_prompt_source(cfg, HydraConfig.get().runtime.choices, meta["overrides"])
         check_config(cfg)  # before weights are fetched or models built
-        from genart.run import run
+        from genart.render import render
 
-        score = run(cfg, run_dir, meta, resume=resumed is not None)
+        score = render(cfg, run_dir, meta, resume=resumed is not None)
         if resumed is not None:
             retire_error(run_dir)
         return score
@@ -114,7 +114,7 @@ def as_user_error(err: BaseException) -> UserError | None:
 def record_failure(run_dir: Path, cfg: DictConfig, meta: dict, err: BaseException) -> str:
     """error.txt (message, and the traceback for bugs) and a failed result.json; never deletes a
     complete record. Returns what the user should also read ("" when all was written)."""
-    from genart.run import write_result
+    from genart.render import write_result
 
     try:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ FAILED_JOBS: list[tuple[str, str]] = []  # (job dir, error line), filled by the 
 
 def preset_search_dirs() -> list[Path]:
     import conf
-    from genart.presets import user_preset_dirs
+    from genart.tools.presets import user_preset_dirs
 
     return [Path(conf.__file__).parent, *user_preset_dirs()]
 
@@ -19,8 +19,8 @@ def before_hydra(argv: list[str]) -> None:
     """Refuse unsafe presets before Hydra builds anything; add user preset dirs to the search path;
     quote free-text prompts so Hydra reads them as typed (genart.overrides)."""
     from genart.overrides import as_typed
-    from genart.presets import user_preset_dirs
     from genart.safety import check_presets
+    from genart.tools.presets import user_preset_dirs
 
     check_presets(argv, preset_search_dirs())
     sys.argv[1:] = argv = refine_last(as_typed(argv))

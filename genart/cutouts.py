@@ -4,7 +4,7 @@ Detail crops follow Crowson's MakeCutouts (VQGAN+CLIP): square crops whose side 
 rand**cut_pow between cut_size and the image's short side, kornia augmentations, per-view
 noise. Mirrored pairs are the semantic-symmetry cutouts of the "Doorways" post (seed 001);
 composition windows are the zoomed-out whole-image views of seed 003. Anti-aliased, batched
-resampling lives in `genart.resample`. All randomness comes from the global torch RNG (kornia
+resampling lives in `genart.speed.resample`. All randomness comes from the global torch RNG (kornia
 samples from it too), so a seeded run sees the same views.
 """
 
@@ -16,9 +16,9 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor, nn
 
-from genart.color import use_fast_hue
 from genart.errors import UserError
-from genart.resample import pad_to_square, resample_crops
+from genart.speed.color import use_fast_hue
+from genart.speed.resample import pad_to_square, resample_crops
 
 
 @dataclass
@@ -176,7 +176,7 @@ class CompositionWindows(nn.Module):
             )
         self.count, self.end, self.padding_mode = count, end, padding_mode
         self.augmentations = nn.ModuleList(list(augmentations or []))
-        use_fast_hue(self.augmentations)  # the same hue shift, ~2x faster (genart.color)
+        use_fast_hue(self.augmentations)  # the same hue shift, ~2x faster (genart.speed.color)
 
     def active(self, step: int) -> bool:
         """Whether windows are returned at this step (none from `end` on)."""
@@ -229,12 +229,12 @@ class Cutouts(nn.Module):
         self.cutn, self.cut_size, self.cut_pow, self.noise = cutn, cut_size, cut_pow, noise
         self.mirrored, self.flip_right = mirrored, flip_right
         self.augmentations = nn.ModuleList(list(augmentations or []))
-        use_fast_hue(self.augmentations)  # the same hue shift, ~2x faster (genart.color)
+        use_fast_hue(self.augmentations)  # the same hue shift, ~2x faster (genart.speed.color)
         self.composition = composition
         self.dtype = torch.float32  # the resampling products' (set_precision)
 
     def set_precision(self, dtype: torch.dtype) -> None:
-        """Resample the crops in `dtype` (genart.resample); augmentations and noise stay fp32.
+        """Resample the crops in `dtype` (genart.speed.resample); augmentations and noise stay fp32.
 
         32 views of 224² from 256², bf16: 0.12 → 0.03 s of matrix products per step (2-core
         CPU). The windows of `composition`, one resample per step, stay in the image's dtype.

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genart.errors import UserError
-from genart.vit import speed_up
+from genart.speed.vit import speed_up
 
 
 def _plain(node: Any) -> Any:
@@ -164,7 +164,7 @@ class CLIPModel(nn.Module):
 
     def set_precision(self, dtype: torch.dtype) -> None:
         """Cast the frozen image tower to `dtype` (faster than autocast on CPU), with the faster
-        equivalents of its parts from `genart.vit`.
+        equivalents of its parts from `genart.speed.vit`.
 
         The text tower stays fp32 (it runs once per prompt); embeddings leave fp32 either way.
         """

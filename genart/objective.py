@@ -7,7 +7,7 @@ pixels or a diffusion model's predicted clean image all go in as a (1, 3, H, W) 
 from __future__ import annotations
 
 import torch
-from torch.profiler import record_function  # named ranges for genart.bench; ~free unprofiled
+from torch.profiler import record_function  # named ranges for genart.tools.bench; ~free unprofiled
 
 from genart.losses import LossContext
 

@@ -43,7 +43,7 @@ ALLOWED_TARGETS = frozenset(
         "genart.losses.ToneSymmetryLoss",
         "genart.prompts.PromptSchedule",
         "genart.seed_images.two_blotches",
-        "genart.sweep.SweepCallback",
+        "genart.tools.sweep_summary.SweepCallback",
         "genart.updaters.GradientUpdater",
         "kornia.augmentation.ColorJitter",
         "kornia.augmentation.RandomAffine",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 import torch
-from torch.profiler import record_function  # named ranges for genart.bench; ~free unprofiled
+from torch.profiler import record_function  # named ranges for genart.tools.bench; ~free unprofiled
 
 
 class GradientUpdater:

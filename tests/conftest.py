@@ -44,10 +44,10 @@ def compose(overrides: list[str]):
 
 def run_tiny(run_dir: Path, overrides: list[str] = (), resume: bool = False) -> float:
     """Render in-process with the tiny models into run_dir; returns the score."""
-    from genart.run import run
+    from genart.render import render
 
     cfg = compose([*TINY, "size=[64,64]", *overrides])
-    return run(cfg, run_dir, {"overrides": list(overrides)}, resume=resume)
+    return render(cfg, run_dir, {"overrides": list(overrides)}, resume=resume)
 
 
 @pytest.fixture(autouse=True)

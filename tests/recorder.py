@@ -31,7 +31,7 @@ class Recorder(Callback):
         self.seen = seen
 
     def on_start(self, run) -> None:
-        from genart.run import current_image
+        from genart.render import current_image
 
         self.run = run
         self.seen.start = current_image(run)().detach().clone()
@@ -47,16 +47,16 @@ class Recorder(Callback):
 
 def record(monkeypatch) -> list[Seen]:
     """From now on every run appends what it showed to the returned list (one Seen per run)."""
-    import genart.run
+    import genart.render
 
     runs: list[Seen] = []
-    original = genart.run.default_callbacks
+    original = genart.render.default_callbacks
 
     def with_recorder() -> list:
         runs.append(Seen())
         return [*original(), Recorder(runs[-1])]
 
-    monkeypatch.setattr(genart.run, "default_callbacks", with_recorder)
+    monkeypatch.setattr(genart.render, "default_callbacks", with_recorder)
     return runs
 
 

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from genart.losses import gaussian_blur
-from genart.run import load_init_image
+from genart.render import load_init_image
 
 
 @pytest.mark.parametrize("sigma", [0.5, 1.5, 2.2])

@@ -1,4 +1,4 @@
-"""genart.color: the hue shift equals kornia's, in values and gradients, ties included."""
+"""genart.speed.color: the hue shift equals kornia's, in values and gradients, ties included."""
 
 import math
 
@@ -7,8 +7,8 @@ import kornia.enhance
 import pytest
 import torch
 
-from genart.color import adjust_hue, use_fast_hue
 from genart.cutouts import CompositionWindows, Cutouts
+from genart.speed.color import adjust_hue, use_fast_hue
 
 
 def images(kind: str) -> torch.Tensor:

@@ -120,7 +120,7 @@ def test_every_option_composes_and_instantiates(group, option):
     if (group, option) in SLOW_OPTIONS:
         pytest.skip("built in tests/test_guides.py (slow tier)")
     cfg = compose([f"{group}={option}", "size=[64,48]"])
-    if not cfg[group]:  # empty: run.build adds no logger
+    if not cfg[group]:  # empty: render.build adds no logger
         assert (group, option) == ("logger", "none"), "only logger=none may switch its group off"
         return
     node = without_weights(cfg[group])

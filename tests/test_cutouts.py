@@ -17,7 +17,7 @@ from genart.cutouts import (
     size_weights,
 )
 from genart.errors import UserError
-from genart.resample import blur_weights, pad_to_square, resample_crops
+from genart.speed.resample import blur_weights, pad_to_square, resample_crops
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -398,7 +398,7 @@ def test_yaml_configs_instantiate_with_kornia_augmentations(name):
 
 def test_compile_leaves_the_augmentations_eager():
     """kornia's kernel compile would recompile for every count of chosen views (transform_chosen)."""
-    from genart.precision import compile_models
+    from genart.speed.precision import compile_models
 
     cutouts = Cutouts(8, 16, augmentations=[K.ColorJitter(0.1, 0.1, 0.1, 0.1, p=0.7)])
     compile_models([cutouts])

@@ -98,21 +98,21 @@ def test_a_run_that_failed_before_saving_is_not_resumed(tmp_path, capsys):
 
 
 def test_a_run_that_failed_after_a_checkpoint_resumes_from_it(tmp_path, capsys, monkeypatch):
-    import genart.run
+    import genart.render
     from genart.errors import UserError
 
-    real_step = genart.run.guided_step
+    real_step = genart.render.guided_step
 
     def fails_at_step_3(run, step, *args):
         if step == 2:  # the third step: checkpoint.pt of step 2 is on disk
             raise UserError("a passing failure at step 3")
         return real_step(run, step, *args)
 
-    monkeypatch.setattr(genart.run, "guided_step", fails_at_step_3)
+    monkeypatch.setattr(genart.render, "guided_step", fails_at_step_3)
     run_dir = tmp_path / "run"
     failing_job(FAST, run_dir, capsys)
     assert json.loads((run_dir / "result.json").read_text())["status"] == "failed"
-    monkeypatch.setattr(genart.run, "guided_step", real_step)
+    monkeypatch.setattr(genart.render, "guided_step", real_step)
     job([f"resume={run_dir}"], tmp_path / "resume_cmd")
     result = json.loads((run_dir / "result.json").read_text())
     assert result["status"] == "ok" and result["overrides"] == FAST, "the run's own overrides"

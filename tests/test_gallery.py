@@ -1,4 +1,4 @@
-"""genart.gallery on a fake sweep: links, escaping, failed jobs, CLI errors, a real browser."""
+"""genart.tools.gallery on a fake sweep: links, escaping, failed jobs, CLI errors, a real browser."""
 
 import contextlib
 import functools
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genart.gallery import build_gallery, main, read_job, save_trajectory
+from genart.tools.gallery import build_gallery, main, read_job, save_trajectory
 from tests.conftest import REPO, cli
 
 CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")  # Debian's: apt, not a download
@@ -164,11 +164,11 @@ def test_not_a_sweep_exits_2_with_message(tmp_path: Path, layout: str, capsys):
 @pytest.mark.parametrize("typed", ["path", "dot"])
 def test_job_of_a_sweep_points_at_the_sweep(sweep: Path, typed: str):
     job = sweep / "1"
-    done = cli("genart.gallery", *([str(job)] if typed == "path" else ["."]), cwd=job)
+    done = cli("genart.tools.gallery", *([str(job)] if typed == "path" else ["."]), cwd=job)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     command = done.stderr.split("python -m genart.gallery ")[-1].strip()
     assert (job / command).resolve() == sweep.resolve()  # the path works from where it was typed
-    assert cli("genart.gallery", command, cwd=job).returncode == 0
+    assert cli("genart.tools.gallery", command, cwd=job).returncode == 0
     assert (sweep / "index.html").exists()
 
 
@@ -185,9 +185,9 @@ def test_a_single_run_gets_a_page_of_its_own(tmp_path: Path):
 
 
 def test_cli_prints_index_and_exits_2_on_bad_dir(sweep: Path, tmp_path: Path):
-    ok = cli("genart.gallery", str(sweep), cwd=REPO)
+    ok = cli("genart.tools.gallery", str(sweep), cwd=REPO)
     assert ok.returncode == 0 and ok.stdout.strip() == str(sweep / "index.html")
-    bad = cli("genart.gallery", str(tmp_path), cwd=REPO)
+    bad = cli("genart.tools.gallery", str(tmp_path), cwd=REPO)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
 

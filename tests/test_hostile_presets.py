@@ -112,29 +112,29 @@ CASES: dict[str, tuple[dict[str, str], str]] = {
     ),
     "download_url": (
         {
-            "preset/x": "# @package _global_\nlosses:\n  evil: {_target_: genart.weights.download_url, url: 'file:///etc/hostname', dest: MARKER}\n"
+            "preset/x": "# @package _global_\nlosses:\n  evil: {_target_: genart.pretrained.download_url, url: 'file:///etc/hostname', dest: MARKER}\n"
         },
-        "genart.weights.download_url",
+        "genart.pretrained.download_url",
     ),
     "build_gallery": (
         {
-            "preset/x": "# @package _global_\nlosses:\n  evil: {_target_: genart.gallery.build_gallery, sweep_dir: /tmp, out: MARKER}\n"
+            "preset/x": "# @package _global_\nlosses:\n  evil: {_target_: genart.tools.gallery.build_gallery, sweep_dir: /tmp, out: MARKER}\n"
         },
-        "genart.gallery.build_gallery",
+        "genart.tools.gallery.build_gallery",
     ),
     "target_in_list": (
         {
             "preset/x": "# @package _global_\ncutouts:\n  augmentations:\n"
             "    - {_target_: kornia.augmentation.RandomAffine, degrees: 5}\n"
-            "    - {_target_: genart.weights.download_url, url: 'file:///etc/hostname', dest: MARKER}\n"
+            "    - {_target_: genart.pretrained.download_url, url: 'file:///etc/hostname', dest: MARKER}\n"
         },
         "cutouts.augmentations[1]._target_",
     ),
     "target_interpolated": (
         {
-            "preset/x": "# @package _global_\nnames: {w: genart.gallery.build_gallery}\nlosses:\n  evil: {_target_: '${names.w}', sweep_dir: /tmp}\n"
+            "preset/x": "# @package _global_\nnames: {w: genart.tools.gallery.build_gallery}\nlosses:\n  evil: {_target_: '${names.w}', sweep_dir: /tmp}\n"
         },
-        "genart.gallery.build_gallery",
+        "genart.tools.gallery.build_gallery",
     ),
     "target_selected": (
         {
@@ -178,9 +178,9 @@ CASES: dict[str, tuple[dict[str, str], str]] = {
     ),
     "tool_of_genart": (
         {
-            "preset/x": "# @package _global_\nlosses:\n  evil: {_target_: genart.presets.main, _args_: [[list]]}\n"
+            "preset/x": "# @package _global_\nlosses:\n  evil: {_target_: genart.tools.presets.main, _args_: [[list]]}\n"
         },
-        "genart.presets.main",
+        "genart.tools.presets.main",
     ),
     "not_plain_yaml": (
         {"preset/x": "# @package _global_\nx: !!python/object/apply:os.system [ls]\n"},
@@ -235,7 +235,7 @@ def test_a_defaults_entry_cannot_pick_its_file_from_the_command_line(tmp_path: P
     files = {
         "preset/x": "# @package _global_\ndefaults:\n  - /parts@losses.evil: ${generator}\n",
         "parts/vqgan": "weight: 1.0\n",
-        "parts/vqgan_tiny": "_target_: genart.gallery.build_gallery\nsweep_dir: /tmp\n",
+        "parts/vqgan_tiny": "_target_: genart.tools.gallery.build_gallery\nsweep_dir: /tmp\n",
     }
     root = hostile_dir(tmp_path / "shared", files, tmp_path / "marker")
     with pytest.raises(UserError, match="Hydra cannot compose it: Error resolving interpolation"):

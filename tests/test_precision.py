@@ -8,10 +8,10 @@ import platform
 import pytest
 import torch
 
-from genart import bench
 from genart.errors import UserError
-from genart.precision import resolve_precision
-from genart.vit import Attention, ClassTokenBlock
+from genart.speed.precision import resolve_precision
+from genart.speed.vit import Attention, ClassTokenBlock
+from genart.tools import bench
 from tests.conftest import REPO, cli, compose
 
 TINY = {
@@ -56,7 +56,7 @@ def test_parity_check_passes_on_tiny_models():
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_frozen_models_get_no_weight_gradients(precision):
-    from genart.run import guided_step
+    from genart.render import guided_step
 
     run, targets, _ = bench.build_genart({**TINY, "precision": precision})
     guided_step(run, 0, targets, {})
@@ -104,7 +104,7 @@ def test_fast_clip_layout_computes_the_same_embeddings():
 
 
 def test_attention_equals_torch_multihead_attention():
-    """genart.vit.Attention (used below fp32) computes nn.MultiheadAttention's function, for
+    """genart.speed.vit.Attention (used below fp32) computes nn.MultiheadAttention's function, for
     all tokens asking and for the class token alone (ClassTokenBlock)."""
     mha = torch.nn.MultiheadAttention(64, 4).eval()  # sequence-first, like open_clip after set-up
     ours = Attention(mha)
@@ -156,7 +156,7 @@ def test_bench_cli_writes_the_report(tmp_path):
         "--json",
         str(out),
     ]
-    proc = cli("genart.bench", *args, cwd=REPO)
+    proc = cli("genart.tools.bench", *args, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["parity"]["pass"] and report["ratio"] > 0
@@ -171,7 +171,7 @@ def test_bench_names_the_loop_that_failed_and_stops_the_other():
     """The loops take turns; when one fails, the other stops waiting and the report names the
     failing one (here the plain loop, which needs a VQGAN)."""
     args = ["--generator", "pixels", "--guide", "clip_tiny", "--size", "32", "32", "--no-parity"]
-    proc = cli("genart.bench", *args, "--cutn", "4", "--steps", "1", cwd=REPO)
+    proc = cli("genart.tools.bench", *args, "--cutn", "4", "--steps", "1", cwd=REPO)
     assert proc.returncode == 1
     assert "child 'plain' failed" in proc.stderr and "VQGAN + one CLIP" in proc.stderr
     assert "Traceback" not in proc.stderr.split("child 'plain' failed")[0]
@@ -180,7 +180,7 @@ def test_bench_names_the_loop_that_failed_and_stops_the_other():
 @pytest.mark.slow
 def test_compile_runs_and_keeps_the_loss():
     """compile=true takes the same steps as eager (torch.compile; slow: it compiles first)."""
-    from genart.run import guided_step
+    from genart.render import guided_step
 
     losses = []
     for compiled in (False, True):

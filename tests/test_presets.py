@@ -1,4 +1,4 @@
-"""genart.presets: a saved run composes back to the same config; save/list user errors exit 2."""
+"""genart.tools.presets: a saved run composes back to the same config; save/list user errors exit 2."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from genart.presets import main, user_preset_dirs
 from genart.safety import check_presets
+from genart.tools.presets import main, user_preset_dirs
 
 # A tiny primary config of our own (the real conf/ is written concurrently): a group with extra
 # keys (big has `codebook`, small has not), a nested group, a group only added with `+`, a loss

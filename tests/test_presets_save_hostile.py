@@ -11,7 +11,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from genart.presets import main
+from genart.tools.presets import main
 from tests import test_presets as base
 from tests.test_presets import compose_preset, make_run, without
 

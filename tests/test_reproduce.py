@@ -41,7 +41,7 @@ def test_preset_from_a_joblib_job_reproduces_it_exactly(tmp_path):
     # would not land on the same pixels by accident
     assert (first != job).mean() > 0.5
     save = cli(
-        "genart.presets",
+        "genart.tools.presets",
         "save",
         str(sweep_dir / "1"),
         "--name",

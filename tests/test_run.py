@@ -303,7 +303,7 @@ def test_an_image_prompt_is_the_guide_embedding_of_that_image(tmp_path):
     from hydra.utils import instantiate
 
     from genart.prompts import PromptSchedule
-    from genart.run import embed_targets
+    from genart.render import embed_targets
 
     guide = instantiate(compose(["guide=clip_tiny"]).guide)
     size = guide.input_size  # the file has the guide's size: no resampling choice matters
@@ -362,7 +362,7 @@ def test_score_ignores_negative_prompts():
     from types import SimpleNamespace
 
     from genart.prompts import PromptSchedule
-    from genart.run import score_image
+    from genart.render import score_image
 
     torch.manual_seed(0)
     targets_pos = torch.nn.functional.normalize(torch.randn(1, 8), dim=-1)

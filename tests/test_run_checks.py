@@ -1,4 +1,4 @@
-"""run.py's checks: what a build warns about at start, what a NaN message promises."""
+"""genart.render's checks: what a build warns about at start, what a NaN message promises."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 
-from genart.run import Run, build
+from genart.render import Run, build
 from tests.conftest import TINY, compose
 
 

@@ -62,7 +62,10 @@ EVIL = {
     "interpolated": ("x: {_target_: '${oc.env:EVIL}'}", "oc.env"),
     "unresolvable": ("x: {_target_: '${nowhere.to.be.found}'}", "cannot be resolved"),
     "dunder": ("x: {_target_: genart.errors.UserError.__init__}", "UserError.__init__"),
-    "private": ("x: {_target_: genart.presets._git_commit}", "genart.presets._git_commit"),
+    "private": (
+        "x: {_target_: genart.tools.presets._git_commit}",
+        "genart.tools.presets._git_commit",
+    ),
     "not_a_name": ("x: {_target_: {a: 1}}", "x._target_"),
 }
 

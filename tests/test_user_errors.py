@@ -199,14 +199,14 @@ def test_a_directory_as_image_says_so(tmp_path):
 
 def test_an_error_mid_run_starts_on_its_own_line(tmp_path, monkeypatch, capsys):
     """The progress bar is closed (its line ended) before the error reaches the user."""
-    import genart.run
+    import genart.render
     from tests.conftest import run_tiny
 
     def fail_at_step_2(out, step, run):
         if step == 2:
             raise UserError("stop here")
 
-    monkeypatch.setattr(genart.run, "check_finite", fail_at_step_2)
+    monkeypatch.setattr(genart.render, "check_finite", fail_at_step_2)
     try:
         run_tiny(tmp_path / "run", ["steps=4", "log_every=1"])
         pytest.fail("the run should have stopped at step 2")

@@ -12,7 +12,6 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from taming.modules.vqvae.quantize import VectorQuantizer2
 
-from genart.generators.decoder import phase_kernels, upsample_by_phases
 from genart.generators.vqgan import (
     VQGANGenerator,
     clamp_with_grad,
@@ -20,6 +19,7 @@ from genart.generators.vqgan import (
     quantize_st,
     round_size,
 )
+from genart.speed.decoder import phase_kernels, upsample_by_phases
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "generator"
 DDCONFIG = dict(
@@ -193,7 +193,7 @@ def test_decoder_runs_in_the_layout_measured_fastest_for_its_dtype(dtype, layout
 
 
 def test_fast_decoder_computes_tamings_decoder():
-    """genart.generators.decoder restates taming's Decoder.forward: same function in fp32."""
+    """genart.speed.decoder restates taming's Decoder.forward: same function in fp32."""
     gen = tiny()
     z = torch.randn(1, 8, 4, 8)
     with torch.no_grad():

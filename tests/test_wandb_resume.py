@@ -20,17 +20,17 @@ GROUP = "generator=vqgan_tiny,guide=clip_tiny,log_every=1,prompts.text=sea,save_
 
 def killed_at_step_3(monkeypatch):
     """Interrupt the next run at its third step (checkpoint.pt of step 2 is saved); returns undo."""
-    import genart.run
+    import genart.render
 
-    real_step = genart.run.guided_step
+    real_step = genart.render.guided_step
 
     def step(run, i, *args):
         if i == 2:
             raise KeyboardInterrupt
         return real_step(run, i, *args)
 
-    monkeypatch.setattr(genart.run, "guided_step", step)
-    return lambda: monkeypatch.setattr(genart.run, "guided_step", real_step)
+    monkeypatch.setattr(genart.render, "guided_step", step)
+    return lambda: monkeypatch.setattr(genart.render, "guided_step", real_step)
 
 
 def kill_then_resume(tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ import types
 import pytest
 import torch
 
-from genart import weights as W
+from genart import pretrained as W
 from genart.errors import UserError
 from genart.generators.vqgan import VQGANGenerator
 
@@ -146,7 +146,7 @@ def test_download_is_checked_and_atomic(cache, tmp_path, monkeypatch, good_hash)
 
 
 def test_import_does_not_load_torch():
-    code = "import sys, genart.weights; assert 'torch' not in sys.modules"
+    code = "import sys, genart.pretrained; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -18,8 +18,8 @@ from torch import nn
 
 from genart.errors import UserError
 from genart.generators.base import Generator
-from genart.generators.decoder import FastDecoder
-from genart.weights import load_checkpoint
+from genart.pretrained import load_checkpoint
+from genart.speed.decoder import FastDecoder
 
 
 class ClampWithGrad(torch.autograd.Function):
@@ -157,7 +157,9 @@ def build_model(ddconfig: dict, n_embed: int, embed_dim: int, weights: Mapping |
     elif weights.get("path"):
         load_weights_(model, str(weights["path"]))
     else:
-        raise ValueError("weights['path'] is unset: resolve it with genart.weights.resolve_weights")
+        raise ValueError(
+            "weights['path'] is unset: resolve it with genart.pretrained.resolve_weights"
+        )
     return model.float().requires_grad_(False).eval()
 
 

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 class JoblibSafeLauncher(joblib_launcher.JoblibLauncher):
     """hydra-joblib-launcher's config and job function, each job in its own process (JobProcesses):
     a lost job is a failed JobReturn with an error.txt and a failed result.json in its dir, so
-    the sweep summary (genart.sweep) names it and the sweep exits 1."""
+    the sweep summary (genart.tools.sweep_summary) names it and the sweep exits 1."""
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int

@@ -95,7 +95,9 @@ class Attention(nn.Module):
 
     def forward(self, query, key, value, need_weights=False, attn_mask=None):
         if attn_mask is not None or need_weights or key is not value:
-            raise NotImplementedError("genart.vit.Attention: self-attention of the tokens only")
+            raise NotImplementedError(
+                "genart.speed.vit.Attention: self-attention of the tokens only"
+            )
         (lq, n, d), lk, h = query.shape, key.shape[0], self.heads
 
         def heads(t, length):  # (L, N, k·D) → k × (N·H, L, D/H): one copy for the k projections
@@ -129,7 +131,7 @@ class ClassTokenBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         if attn_mask is not None:
-            raise NotImplementedError("genart.vit.ClassTokenBlock: no attention mask")
+            raise NotImplementedError("genart.speed.vit.ClassTokenBlock: no attention mask")
         tokens = self.ln_1(x)
         cls = x[:1] + self.ls_1(self.attn(tokens[:1], tokens, tokens, need_weights=False)[0])
         return cls + self.ls_2(self.mlp(self.ln_2(cls)))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-RANGE = "genart/"  # profiler ranges, the same names genart.run uses
+RANGE = "genart/"  # profiler ranges, the same names genart.render uses
 
 
 def plain_classes():
@@ -187,13 +187,13 @@ def build_plain(cfg, frozen_vqgan: bool = False, clip_state: dict | None = None)
     import torch
     from hydra.utils import instantiate
 
-    from genart.vit import use_sequence_first
+    from genart.speed.vit import use_sequence_first
 
     torch.manual_seed(cfg.seed)
     generator, guide = instantiate(cfg.generator), instantiate(cfg.guide)
     if not hasattr(generator, "codebook") or len(guide.models) != 1:
         raise SystemExit(
-            "genart.bench: the plain loop is VQGAN + one CLIP; pick a VQGAN "
+            "genart.tools.bench: the plain loop is VQGAN + one CLIP; pick a VQGAN "
             "generator and a single-model guide (e.g. vqgan_tiny, clip_tiny)."
         )
     vqgan, model = generator.model, next(iter(guide.models.values()))  # taming's, open_clip's

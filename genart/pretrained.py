@@ -222,6 +222,16 @@ def find_weights_nodes(cfg_container: Any, prefix: str = "") -> list[tuple[str, 
     return found
 
 
+def resolve_all_weights(cfg):
+    """Point every `weights:` node at a local file, before any heavy import (fail fast)."""
+    from omegaconf import OmegaConf
+
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for key, node in find_weights_nodes(container):
+        node["path"] = str(resolve_weights(node, key))
+    return OmegaConf.create(container)
+
+
 # ---------------------------------------------------------------- load a checkpoint
 
 

@@ -37,22 +37,11 @@ class Run:
     autocast: object = None
 
 
-def resolve_all_weights(cfg: DictConfig) -> DictConfig:
-    """Point every `weights:` node at a local file, before any heavy import (fail fast)."""
-    from genart.weights import find_weights_nodes, resolve_weights
-
-    container = OmegaConf.to_container(cfg, resolve=True)
-    for key, node in find_weights_nodes(container):
-        node["path"] = str(resolve_weights(node, key))
-    return OmegaConf.create(container)
-
-
 def build(cfg: DictConfig, run: Run) -> None:
     """Instantiate generator, guide, cutouts, prompts, losses, updater and callbacks."""
     import torch
     from hydra.utils import instantiate
 
-    from genart.precision import apply_precision, compile_models, resolve_precision
     from genart.runtime import (
         environment,
         keep_freed_memory,
@@ -60,6 +49,7 @@ def build(cfg: DictConfig, run: Run) -> None:
         seed_everything,
         set_threads,
     )
+    from genart.speed.precision import apply_precision, compile_models, resolve_precision
 
     threads = set_threads(cfg.get("threads"))
     device = pick_device(cfg.device)
@@ -112,12 +102,12 @@ def warn_unmet_needs(losses: dict, cutouts) -> None:
 def autocast_for(device, precision: str, generator=None):
     """Autocast for a generator without its own `set_precision` hook; else nothing to do.
 
-    Models with the hook cast their frozen weights once (genart.precision): faster than
+    Models with the hook cast their frozen weights once (genart.speed.precision): faster than
     autocast here, and cutouts, losses and distances stay fp32 either way.
     """
     import torch
 
-    from genart.precision import dtype_of, has_precision_hook, resolve_precision
+    from genart.speed.precision import dtype_of, has_precision_hook, resolve_precision
 
     dtype = dtype_of(resolve_precision(precision, device))
     if dtype == torch.float32 or has_precision_hook(generator):
@@ -321,24 +311,26 @@ def resume_from_checkpoint(run: Run) -> None:
     run.start_step = run.step = payload["step"]
 
 
-def run(cfg: DictConfig, run_dir: Path, meta: dict | None = None, resume: bool = False) -> float:
+def render(cfg: DictConfig, run_dir: Path, meta: dict | None = None, resume: bool = False) -> float:
     """Render one image into `run_dir`; return its score (higher is better)."""
+    from genart.pretrained import resolve_all_weights
+
     cfg = resolve_all_weights(cfg)
-    state = Run(run_dir=Path(run_dir), config=OmegaConf.to_container(cfg), meta=meta or {})
-    build(cfg, state)
-    init = apply_init(cfg, state)
+    run = Run(run_dir=Path(run_dir), config=OmegaConf.to_container(cfg), meta=meta or {})
+    build(cfg, run)
+    init = apply_init(cfg, run)
     if resume:
-        resume_from_checkpoint(state)
-    targets = embed_targets(state)
-    for callback in state.callbacks:
-        callback.on_start(state)
+        resume_from_checkpoint(run)
+    targets = embed_targets(run)
+    for callback in run.callbacks:
+        callback.on_start(run)
     try:
-        optimise(cfg, state, targets, init)
+        optimise(cfg, run, targets, init)
     except BaseException:
-        for callback in state.callbacks:
+        for callback in run.callbacks:
             getattr(callback, "on_abort", lambda: None)()
         raise
-    return finish(cfg, state, targets)
+    return finish(cfg, run, targets)
 
 
 def finish(cfg: DictConfig, run: Run, targets: list) -> float:

@@ -4,7 +4,7 @@ Each model sets its own precision through a `set_precision(dtype)` hook, because
 applied matters more than whether (2-core AVX512-BF16 CPU, forward + backward, best of 4): the VQGAN
 decoder runs under autocast (0.95 s; cast weights 1.15 s; fp32 3.35 s), while CLIP's image tower
 gets its frozen weights cast (32 views: 1.08 s; autocast 1.16 s) and its attention products in
-bf16 (genart.vit), and the cutouts resample in bf16 products. Matrix products accumulate in fp32;
+bf16 (genart.speed.vit), and the cutouts resample in bf16 products. Matrix products accumulate in fp32;
 softmax, θ, the optimiser, q(z), the augmentations, the spherical distance, the normalisations
 and the loss reductions stay fp32 (bf16 on the whole step gave NaN losses). A generator without
 the hook runs under autocast instead (run.autocast_for).
@@ -51,11 +51,11 @@ def apply_precision(modules: Iterable[object], precision: str) -> None:
 def compile_models(modules: Iterable[object]) -> None:
     """torch.compile each part's hot code (`compile_hot`); the first steps pay the compile.
 
-    Measured per part (genart.bench --compile, 256², 2 CPU threads, bf16): CLIP's image tower
+    Measured per part (genart.tools.bench --compile, 256², 2 CPU threads, bf16): CLIP's image tower
     1.02 → 0.95 s forward + backward, while the compiled VQGAN decoder was slower (0.85 → 1.03 s),
     so it has no hook and stays eager, as do the augmentations: kornia's own kernel compile would
     recompile for every new number of chosen views (cutouts.transform_chosen), and ColorJitter
-    eager on all 32 views (115 ms with genart.color's hue) was already near compiled (111 ms).
+    eager on all 32 views (115 ms with genart.speed.color's hue) was already near compiled (111 ms).
     """
     for module in modules:
         hook = getattr(module, "compile_hot", None)

@@ -1,0 +1,2 @@
+"""Speed internals: precision casts, a faster ViT and colour jitter, crop resampling, the
+decoder fast path. The pipeline works without them; they only make its step cheaper."""
