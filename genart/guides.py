@@ -47,19 +47,19 @@ def register_arch(arch: str, model_config: Mapping) -> None:
         open_clip.add_model_config(tmp)
 
 
-def _weights_path(weights: Mapping | None, arch: str) -> str | None:
-    """The local file of an already resolved `weights:` node, or None for random init."""
-    if weights is None:
+def _pretrained_path(pretrained: Mapping | None, arch: str) -> str | None:
+    """The local file of an already resolved `pretrained:` node, or None for random init."""
+    if pretrained is None:
         return None
-    path = weights.get("path")
+    path = pretrained.get("path")
     if path is None:
         raise UserError(
-            f"guide ({arch}): the weights node has no resolved path; set "
-            "guide.models.<name>.weights.path=FILE, or guide.models.<name>.weights=null "
+            f"guide ({arch}): the pretrained node has no resolved path; set "
+            "guide.models.<name>.pretrained.path=FILE, or guide.models.<name>.pretrained=null "
             "for a randomly initialised model."
         )
     if not Path(path).is_file():
-        raise UserError(f"guide ({arch}): weights file not found: {path}")
+        raise UserError(f"guide ({arch}): pretrained file not found: {path}")
     return str(path)
 
 
@@ -108,8 +108,8 @@ class CLIPModel(nn.Module):
     def __init__(
         self,
         arch: str,
-        weights: Mapping | None = None,
-        weight: float = 1.0,
+        pretrained: Mapping | None = None,
+        weight: float = 1.0,  # this model's share of the ensemble's similarity
         init_seed: int | None = None,
         model_config: Mapping | None = None,
         tag: str | None = None,
@@ -119,7 +119,7 @@ class CLIPModel(nn.Module):
 
         if model_config is not None:
             register_arch(arch, model_config)
-        path = _weights_path(weights, arch)
+        path = _pretrained_path(pretrained, arch)
         kwargs = _pretrained_overrides(arch, tag)
         with torch.random.fork_rng(devices=[], enabled=init_seed is not None), _quiet_root_log():
             if init_seed is not None:
@@ -228,6 +228,7 @@ class Guide(nn.Module):
 
     @property
     def weights(self) -> list[float]:
+        """Each model's ensemble share (`guide.models.<name>.weight`), in `names` order."""
         return [model.weight for model in self.models.values()]
 
     @property

@@ -1,5 +1,6 @@
-"""One resolver for every weights file (explicit path → cache → one download → a clear error)
-and a checkpoint loader that never unpickles code (weights_only + a tiny Lightning allow-list)."""
+"""One resolver for every pretrained file, the config's `pretrained:` nodes (explicit path → cache
+→ one download → a clear error), the move of configs that still call that node `weights:`, and a
+checkpoint loader that never unpickles code (weights_only + a tiny Lightning allow-list)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +28,15 @@ READ_TIMEOUT = 30.0  # seconds per socket read once a download has started
 CHUNK = 1 << 20
 
 
-class WeightsNotFound(UserError):
-    """A weights file is neither given, cached nor downloadable."""
+class PretrainedNotFound(UserError):
+    """A pretrained file is neither given, cached nor downloadable."""
 
 
 # ---------------------------------------------------------------- resolve
 
 
-def resolve_weights(spec: Mapping, key: str) -> Path:
-    """Return a local file for a `weights:` node: path → cache → one download → WeightsNotFound."""
+def resolve_pretrained(spec: Mapping, key: str) -> Path:
+    """A local file for a `pretrained:` node: path → cache → one download → PretrainedNotFound."""
     path_key = key if key.endswith(".path") else f"{key}.path"
     if spec.get("path"):
         return _explicit_path(spec["path"], path_key)
@@ -42,21 +44,23 @@ def resolve_weights(spec: Mapping, key: str) -> Path:
     if cached is not None:
         return cached
     if not (spec.get("url") or spec.get("hf_repo")):
-        raise WeightsNotFound(_missing_message(spec, path_key, "the node names no url or hf_repo"))
+        raise PretrainedNotFound(
+            _missing_message(spec, path_key, "the node names no url or hf_repo")
+        )
     reason = _offline_reason(spec)
     if reason is None:
         try:
             return download(spec)
         except Exception as err:  # one attempt only; any failure ends in the same advice
             reason = f"a download attempt failed ({type(err).__name__}: {err})"
-    raise WeightsNotFound(_missing_message(spec, path_key, reason))
+    raise PretrainedNotFound(_missing_message(spec, path_key, reason))
 
 
 def _explicit_path(path: str | os.PathLike, path_key: str) -> Path:
     """An explicit path must exist; say which setting named it if not."""
     resolved = Path(path).expanduser()
     if not resolved.is_file():
-        raise WeightsNotFound(
+        raise PretrainedNotFound(
             f"{path_key}={path} does not exist (looked for {resolved.absolute()}). "
             f"Set {path_key} to a local copy, e.g. python -m genart {path_key}=/path/to/file"
         )
@@ -195,7 +199,7 @@ def _missing_message(spec: Mapping, path_key: str, reason: str) -> str:
     else:
         origin = "Its source is unknown"
     return (
-        f"Weights file {name}{size} not found: {path_key} is not set, it is not in the cache "
+        f"Pretrained file {name}{size} not found: {path_key} is not set, it is not in the cache "
         f"({cache_dir() / name}), and {reason}. {origin}. Set {path_key} to a local copy, "
         f"e.g. python -m genart {path_key}=/path/to/file"
     )
@@ -204,32 +208,116 @@ def _missing_message(spec: Mapping, path_key: str, reason: str) -> str:
 # ---------------------------------------------------------------- walk a config
 
 
-def find_weights_nodes(cfg_container: Any, prefix: str = "") -> list[tuple[str, dict]]:
-    """(dotted key, node) for every dict stored under a key named `weights` in a plain container."""
-    if isinstance(cfg_container, Mapping):
-        items = [(str(k), v) for k, v in cfg_container.items()]
-    elif isinstance(cfg_container, list | tuple):
-        items = [(str(i), v) for i, v in enumerate(cfg_container)]
-    else:
-        return []
+def find_pretrained_nodes(cfg_container: Any, prefix: str = "") -> list[tuple[str, dict]]:
+    """(dotted key, node) for every dict stored under a key named `pretrained` in a plain container."""
     found: list[tuple[str, dict]] = []
-    for name, value in items:
-        key = f"{prefix}.{name}" if prefix else name
-        if name == "weights" and isinstance(value, dict):
+    for name, value in _children(cfg_container).items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name == KEY and isinstance(value, dict):
             found.append((key, value))
         else:
-            found.extend(find_weights_nodes(value, key))
+            found.extend(find_pretrained_nodes(value, key))
     return found
 
 
-def resolve_all_weights(cfg):
-    """Point every `weights:` node at a local file, before any heavy import (fail fast)."""
+def resolve_all_pretrained(cfg):
+    """Point every `pretrained:` node at a local file, before any heavy import (fail fast)."""
     from omegaconf import OmegaConf
 
     container = OmegaConf.to_container(cfg, resolve=True)
-    for key, node in find_weights_nodes(container):
-        node["path"] = str(resolve_weights(node, key))
+    for key, node in find_pretrained_nodes(container):
+        node["path"] = str(resolve_pretrained(node, key))
     return OmegaConf.create(container)
+
+
+resolve_all_weights = resolve_all_pretrained  # the name render.py and tools/bench.py import
+
+
+# ---------------------------------------------------------------- configs that say `weights:`
+
+KEY, OLD_KEY = "pretrained", "weights"
+# The model classes whose file node presets and runs saved by genart 0.1 call `weights:`;
+# tests/test_pretrained.py checks that conf/ uses exactly these.
+MODEL_TARGETS = frozenset(
+    {
+        "genart.generators.pixels.PixelGenerator",
+        "genart.generators.vqgan.VQGANGenerator",
+        "genart.guides.CLIPModel",
+    }
+)
+OLD_OVERRIDE = re.compile(r"^([+~]*(?:generator|guide\.models\.[^.=]+))\.weights(?=$|[.=])")
+
+
+def upgrade_weights_key(cfg: Any, overrides: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Rename `weights:` to `pretrained:` in every genart model node, in place; the keys moved.
+
+    `cfg` is a plain container or a DictConfig (struct mode is fine). A saved preset composes
+    INTO the group's node, so both keys may be there: the saved `weights` value wins over the
+    group's default, except where `overrides` (the command line's) typed into `pretrained`."""
+    typed = [o.lstrip("+~").partition("=")[0] for o in overrides]
+    return _upgrade(cfg, "", typed)
+
+
+def moved_override(arg: str) -> str | None:
+    """`generator.weights.path=/x` → `generator.pretrained.path=/x` (and guide.models.<name>.…);
+    None when `arg` names no old `weights` key."""
+    moved = OLD_OVERRIDE.sub(rf"\1.{KEY}", arg, count=1)
+    return moved if moved != arg else None
+
+
+def _upgrade(node: Any, prefix: str, typed: list[str]) -> list[str]:
+    children = _children(node)
+    moved = [
+        k for name, child in children.items() for k in _upgrade(child, _join(prefix, name), typed)
+    ]
+    if OLD_KEY in children and children.get("_target_") in MODEL_TARGETS:
+        here = _join(prefix, KEY)
+        sub = [t[len(here) :].lstrip(".") for t in typed if t == here or t.startswith(f"{here}.")]
+        _replace(node, _merged(children[OLD_KEY], children.get(KEY), sub))
+        moved.append(_join(prefix, OLD_KEY))
+    return moved
+
+
+def _merged(old: Any, new: Any, typed: list[str]) -> Any:
+    """The saved value, with the sub-keys the command line typed (`path`; "" = the whole node)."""
+    if not typed:
+        return old
+    if "" in typed or not (isinstance(old, Mapping) and isinstance(new, Mapping)):
+        return new
+    firsts = {t.split(".")[0] for t in typed}
+    return {**_plain(old), **{k: v for k, v in _plain(new).items() if k in firsts}}
+
+
+def _replace(node: Any, value: Any) -> None:
+    """node[KEY] = value, node[OLD_KEY] deleted; a struct DictConfig is opened for it."""
+    from omegaconf import DictConfig, open_dict
+
+    with open_dict(node) if isinstance(node, DictConfig) else nullcontext():
+        node[KEY] = _plain(value)
+        del node[OLD_KEY]
+
+
+def _children(node: Any) -> dict:
+    """{key or index: child} of a container, DictConfig interpolations left unresolved."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(node, DictConfig):
+        return dict(node.items_ex(resolve=False))
+    if isinstance(node, ListConfig):
+        return {i: node[i] for i in range(len(node)) if not OmegaConf.is_interpolation(node, i)}
+    if isinstance(node, Mapping):
+        return dict(node.items())
+    return dict(enumerate(node)) if isinstance(node, list | tuple) else {}
+
+
+def _plain(value: Any) -> Any:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(value, resolve=False) if OmegaConf.is_config(value) else value
+
+
+def _join(prefix: str, name: Any) -> str:
+    return f"{prefix}.{name}" if prefix else str(name)
 
 
 # ---------------------------------------------------------------- load a checkpoint

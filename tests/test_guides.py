@@ -18,11 +18,11 @@ SLOW_GUIDES = {"clip_ensemble"}  # two ViT-B builds (~6 s) and a 224-px forward 
 
 
 def build_guide(name: str, **model_overrides) -> Guide:
-    """Instantiate conf/guide/<name>.yaml with real weights switched off (architecture only)."""
+    """Instantiate conf/guide/<name>.yaml with pretrained files switched off (architecture only)."""
     cfg = OmegaConf.load(GUIDE_DIR / f"{name}.yaml")
     for node in cfg.models.values():
         if node is not None:
-            node.weights = None
+            node.pretrained = None
             for key, value in model_overrides.items():
                 node[key] = value
     return instantiate(cfg)
@@ -62,11 +62,13 @@ def test_every_guide_config_builds_and_embeds(name):
     assert not any(p.requires_grad for p in guide.parameters())
 
 
-def test_real_weight_configs_name_their_files():
+def test_pretrained_configs_name_their_files():
     for path in GUIDE_DIR.glob("*.yaml"):
         for node in OmegaConf.load(path).models.values():
-            if node.weights is not None:
-                assert node.weights.path is None and node.weights.hf_repo and node.weights.filename
+            assert "weights" not in node  # the file node is `pretrained`; `weight` is the share
+            if node.pretrained is not None:
+                spec = node.pretrained
+                assert spec.path is None and spec.hf_repo and spec.filename
 
 
 def test_null_model_is_skipped():
@@ -173,7 +175,7 @@ def test_loads_an_open_clip_state_dict(tiny, tmp_path, suffix):
         save_file({k: v.contiguous() for k, v in source.items()}, path)
     else:
         torch.save(source, path)
-    loaded = tiny_model(weights={"path": str(path)}).model.state_dict()
+    loaded = tiny_model(pretrained={"path": str(path)}).model.state_dict()
     assert loaded.keys() == source.keys()
     for key, value in source.items():
         assert torch.equal(loaded[key], value), key
@@ -182,12 +184,12 @@ def test_loads_an_open_clip_state_dict(tiny, tmp_path, suffix):
     )
 
 
-def test_weights_node_without_path_is_a_clear_error(tmp_path):
+def test_pretrained_node_without_path_is_a_clear_error(tmp_path):
     config = tiny_config()
-    with pytest.raises(UserError, match="weights.path"):
-        CLIPModel(**{**config, "weights": {"path": None, "hf_repo": "x/y"}})
+    with pytest.raises(UserError, match=r"guide\.models\.<name>\.pretrained\.path=FILE"):
+        CLIPModel(**{**config, "pretrained": {"path": None, "hf_repo": "x/y"}})
     with pytest.raises(UserError, match="not found"):
-        CLIPModel(**{**config, "weights": {"path": str(tmp_path / "missing.pt")}})
+        CLIPModel(**{**config, "pretrained": {"path": str(tmp_path / "missing.pt")}})
 
 
 def test_unknown_tag_is_a_clear_error():

@@ -14,7 +14,8 @@ from genart.tools.presets import main, user_preset_dirs
 
 # A tiny primary config of our own (the real conf/ is written concurrently): a group with extra
 # keys (big has `codebook`, small has not), a nested group, a group only added with `+`, a loss
-# dict, interpolations, a weights node, and `resume`, which a preset must not freeze.
+# dict, interpolations, a pretrained node, a genart model node (pixels) and `resume`, which a
+# preset must not freeze.
 TINY_CONF = {
     "config": """\
 defaults:
@@ -35,9 +36,14 @@ frames: ${hydra:runtime.output_dir}/frames
 _target_: torch.optim.Adam
 size: ${size}
 codebook: 16
-weights: {path: /models/big.ckpt, url: null}
+pretrained: {path: /models/big.ckpt, url: null}
 """,
     "generator/small": "_target_: torch.optim.SGD\nsize: ${size}\n",
+    "generator/pixels": """\
+_target_: genart.generators.pixels.PixelGenerator
+size: ${size}
+pretrained: {path: null, url: https://example.org/pixels.ckpt}
+""",
     "guide/single": "defaults:\n  - models@models.a: m1\nmodels: {}\n",
     "guide/models/m1": "_target_: kornia.augmentation.RandomAffine\ndegrees: 5\n",
     "guide/models/m2": "_target_: kornia.augmentation.RandomAffine\ndegrees: 10\nextra: 1\n",
@@ -121,17 +127,38 @@ def test_deleted_keys_come_back_as_null(conf: Path, tmp_path: Path) -> None:
     assert composed["losses"] == {**job["losses"], "edge": None}  # genart skips null losses
 
 
-def test_weights_are_listed_and_the_preset_passes_the_safety_check(
+def test_pretrained_files_are_listed_and_the_preset_passes_the_safety_check(
     conf: Path, tmp_path: Path
 ) -> None:
     make_run(conf, tmp_path / "run", [])
     user = tmp_path / "user"
     assert main(["save", str(tmp_path / "run"), "--name", "w", "--dir", str(user / "preset")]) == 0
     assert (
-        "# weights: generator.weights.path = /models/big.ckpt"
+        "# pretrained: generator.pretrained.path = /models/big.ckpt"
         in (user / "preset/w.yaml").read_text()
     )
     check_presets(["+preset=w"], [user, conf], main_config=conf / "config.yaml")
+
+
+def test_a_run_from_before_pretrained_saves_as_a_preset_with_pretrained(
+    conf: Path, tmp_path: Path
+) -> None:
+    """Its config says `weights:`; the preset says `pretrained:`, keeps the run's value and lists
+    no key as deleted (the group's own `pretrained` would otherwise look deleted)."""
+    job = make_run(conf, tmp_path / "run", ["generator=pixels"])
+    job["generator"]["weights"] = {"path": "/models/old.ckpt", "url": None}
+    del job["generator"]["pretrained"]
+    (tmp_path / "run/.hydra/config.yaml").write_text(OmegaConf.to_yaml(job))
+    user = tmp_path / "user"
+    assert (
+        main(["save", str(tmp_path / "run"), "--name", "old", "--dir", str(user / "preset")]) == 0
+    )
+    text = (user / "preset/old.yaml").read_text()
+    assert "# pretrained: generator.pretrained.path = /models/old.ckpt" in text
+    assert "weights" not in text and "null here" not in text
+    generator = compose_preset(conf, user, "old")["generator"]
+    assert generator["pretrained"] == {"path": "/models/old.ckpt", "url": None}
+    assert "weights" not in generator
 
 
 def test_force_is_needed_to_replace(

@@ -66,9 +66,9 @@ def test_every_yaml_line_break_is_neutralised(conf: Path, tmp_path: Path, brk: s
     assert_composes_to_run(conf, tmp_path / "user", job, None)
 
 
-def test_hostile_config_value_in_a_weights_comment(conf: Path, tmp_path: Path) -> None:
+def test_hostile_config_value_in_a_pretrained_comment(conf: Path, tmp_path: Path) -> None:
     job = make_run(conf, tmp_path / "run", [])
-    job["generator"]["weights"]["path"] = INJECT  # listed in a `# weights:` comment
+    job["generator"]["pretrained"]["path"] = INJECT  # listed in a `# pretrained:` comment
     (tmp_path / "run/.hydra/config.yaml").write_text(OmegaConf.to_yaml(job))
     assert save(tmp_path / "run", tmp_path / "user") == 0
     assert_composes_to_run(conf, tmp_path / "user", job)

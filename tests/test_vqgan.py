@@ -158,9 +158,9 @@ def test_model_stays_in_eval_mode():
     assert gen.training and not gen.model.training
 
 
-def test_unresolved_weights_are_refused():
-    with pytest.raises(ValueError, match="resolve_weights"):
-        tiny(weights={"path": None, "url": "https://example.org/x.ckpt"})
+def test_an_unresolved_pretrained_node_is_refused():
+    with pytest.raises(ValueError, match="resolve_pretrained"):
+        tiny(pretrained={"path": None, "url": "https://example.org/x.ckpt"})
 
 
 @pytest.mark.parametrize("size", [[64, 64], [128, 64]])
@@ -173,7 +173,7 @@ def test_tiny_yaml_instantiates(size):
 def test_full_yaml_matches_imagenet_f16_16384():
     """The real architecture builds (random weights, no file): 76.1 M parameters, f16."""
     cfg = OmegaConf.create({"size": [256, 256], "generator": OmegaConf.load(CONF / "vqgan.yaml")})
-    cfg.generator.weights = None
+    cfg.generator.pretrained = None
     gen = instantiate(cfg.generator)
     assert gen.factor == 16 and gen.z.shape == (1, 256, 16, 16)
     assert sum(p.numel() for p in gen.model.parameters()) == pytest.approx(76.1e6, rel=1e-3)

@@ -11,7 +11,7 @@ from genart.generators.base import Generator
 class PixelGenerator(Generator):
     """θ = logits (1, 3, H, W); image = sigmoid(θ), so every value stays in [0, 1]."""
 
-    def __init__(self, size: list[int], init_std: float = 1.0, weights: dict | None = None):
+    def __init__(self, size: list[int], init_std: float = 1.0, pretrained: dict | None = None):
         super().__init__()
         width, height = int(size[0]), int(size[1])
         self.size = (width, height)

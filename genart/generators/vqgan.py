@@ -113,7 +113,7 @@ def init_random_(model: nn.Module, seed: int) -> None:
         raise TypeError(f"init_random_ does not know how to initialise {missed[:3]}")
 
 
-def load_weights_(model: nn.Module, path: str) -> None:
+def load_pretrained_(model: nn.Module, path: str) -> None:
     """Load a taming checkpoint (Lightning or bare state_dict) strictly, minus the `loss.*` keys."""
     checkpoint = load_checkpoint(path)
     state = checkpoint.get("state_dict", checkpoint)
@@ -121,7 +121,7 @@ def load_weights_(model: nn.Module, path: str) -> None:
     problems = state_dict_mismatch(model.state_dict(), state)
     if problems:
         raise UserError(
-            f"The weights in {path} do not fit this VQGAN config ({problems}). Pick the generator "
+            f"The checkpoint {path} does not fit this VQGAN config ({problems}). Pick the generator "
             "config that matches the file (n_embed, embed_dim, ddconfig), or the file that "
             "matches the config."
         )
@@ -147,18 +147,20 @@ def state_dict_mismatch(expected: Mapping, given: Mapping) -> str:
     return "; ".join(parts)
 
 
-def build_model(ddconfig: dict, n_embed: int, embed_dim: int, weights: Mapping | None, seed: int):
-    """A frozen TamingVQ: from a weights file, or randomly initialised from `seed`."""
+def build_model(
+    ddconfig: dict, n_embed: int, embed_dim: int, pretrained: Mapping | None, seed: int
+):
+    """A frozen TamingVQ: from a pretrained file, or randomly initialised from `seed`."""
     with torch.device("meta"):  # no memory and no global-RNG draws until weights arrive
         model = TamingVQ(ddconfig, n_embed, embed_dim)
-    if weights is None:
+    if pretrained is None:
         model.to_empty(device="cpu")
         init_random_(model, seed)
-    elif weights.get("path"):
-        load_weights_(model, str(weights["path"]))
+    elif pretrained.get("path"):
+        load_pretrained_(model, str(pretrained["path"]))
     else:
         raise ValueError(
-            "weights['path'] is unset: resolve it with genart.pretrained.resolve_weights"
+            "pretrained['path'] is unset: resolve it with genart.pretrained.resolve_pretrained"
         )
     return model.float().requires_grad_(False).eval()
 
@@ -172,7 +174,7 @@ class VQGANGenerator(Generator):
         ddconfig: dict,
         n_embed: int,
         embed_dim: int,
-        weights: dict | None = None,
+        pretrained: dict | None = None,
         init_seed: int = 0,
         init: str = "random",
     ):
@@ -180,7 +182,7 @@ class VQGANGenerator(Generator):
         ddconfig = plain(ddconfig)
         self.factor = 2 ** (len(ddconfig["ch_mult"]) - 1)
         self.size = round_size(size, self.factor)
-        self.model = build_model(ddconfig, int(n_embed), int(embed_dim), weights, int(init_seed))
+        self.model = build_model(ddconfig, int(n_embed), int(embed_dim), pretrained, int(init_seed))
         codebook = self.codebook  # (K, D)
         self.register_buffer("z_min", codebook.amin(0).view(1, -1, 1, 1))  # (1, D, 1, 1)
         self.register_buffer("z_max", codebook.amax(0).view(1, -1, 1, 1))

@@ -12,7 +12,6 @@ import datetime
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -26,6 +25,7 @@ from omegaconf import OmegaConf
 
 import genart
 from genart.errors import UserError
+from genart.pretrained import find_pretrained_nodes, upgrade_weights_key
 from genart.safety import PRESET_GROUP, check_presets, conf_dir, searchpath_dir
 
 EXCLUDED = ("resume", "hydra", "security")  # per machine or per run, never part of the image
@@ -79,6 +79,7 @@ def save_preset(
     run_cfg, hydra_cfg = _load_run(run_dir)
     _check_finished(run_dir, force)
     values = {k: v for k, v in OmegaConf.to_container(run_cfg).items() if k not in EXCLUDED}
+    upgrade_weights_key(values)  # a run from before `pretrained:` saves as today's preset
     choices = _group_choices(hydra_cfg)
     try:
         defaults = _defaults_list(hydra_cfg, choices)
@@ -242,14 +243,18 @@ def _null_extra(composed: dict, values: dict, prefix: str = "") -> list[str]:
 
 
 def _provenance(run_dir: Path, info: dict, values: dict, stale: list[str]) -> list[str]:
-    commit = info.get("git_commit") or _git_commit()  # the run's own record, else the checkout's
+    from genart.runtime import git_commit
+
+    commit = info.get("git_commit") or git_commit()  # the run's own record, else the checkout's
     notes = [
         "Saved by `python -m genart.presets save`: the full config of one run, frozen.",
         f"source run: {Path(run_dir).resolve()}",
         f"saved: {datetime.datetime.now().isoformat(timespec='seconds')}",
         f"genart: {info.get('genart', genart.__version__)}, git commit: {commit}",
     ]
-    notes += [f"weights: {key} = {spec}" for key, spec in _weights(values)]
+    notes += [
+        f"pretrained: {key}.path = {_source(node)}" for key, node in find_pretrained_nodes(values)
+    ]
     run = [f"{k}={info[k]}" for k in ("device", "precision", "threads", "torch") if k in info]
     notes += [f"ran with: {', '.join(run)}"] if run else []
     return notes + ([f"deleted in the run, so null here: {', '.join(stale)}"] if stale else [])
@@ -277,29 +282,11 @@ def _one_line(text: object) -> str:
     return " ".join("".join(chars).split())
 
 
-def _git_commit() -> str:
-    repo = Path(genart.__file__).parent.parent
-    try:
-        cmd = ["git", "-C", str(repo), "rev-parse", "HEAD"]
-        return subprocess.run(
-            cmd, capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _weights(node: Any, key: str = "") -> list[tuple[str, str]]:
-    """Every `weights:` node: its path, else where it is downloaded from."""
-    found = []
-    if isinstance(node, dict):
-        for k, v in node.items():
-            sub = f"{key}.{k}" if key else k
-            if k == "weights" and isinstance(v, dict):
-                where = v.get("path") or v.get("url") or f"{v.get('hf_repo')}/{v.get('filename')}"
-                found.append((f"{sub}.path", str(where)))
-            else:
-                found += _weights(v, sub)
-    return found
+def _source(node: dict) -> str:
+    """A pretrained node's file: its path, else where it is downloaded from."""
+    return str(
+        node.get("path") or node.get("url") or f"{node.get('hf_repo')}/{node.get('filename')}"
+    )
 
 
 def _summary(run_dir: Path, choices: list[tuple[str, Any]]) -> str:

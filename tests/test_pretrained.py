@@ -1,4 +1,5 @@
-"""The weights resolver (path → cache → download → error) and the safe checkpoint loader."""
+"""The pretrained-file resolver (path → cache → download → error), the move of old `weights:`
+nodes to `pretrained:`, and the safe checkpoint loader."""
 
 from __future__ import annotations
 
@@ -12,10 +13,14 @@ import types
 
 import pytest
 import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from genart import pretrained as W
 from genart.errors import UserError
 from genart.generators.vqgan import VQGANGenerator
+from tests.conftest import REPO, compose
 
 HEIBOX = (
     "https://heibox.uni-heidelberg.de/d/a7530b09fed84f80a887/files/?p=%2Fckpts%2Flast.ckpt&dl=1"
@@ -69,27 +74,27 @@ def no_network(*args, **kwargs):
 def test_offline_names_key_url_and_size(cache, monkeypatch, flag):
     monkeypatch.setenv(flag, "1")
     monkeypatch.setattr(W, "is_reachable", no_network)
-    with pytest.raises(W.WeightsNotFound) as err:
-        W.resolve_weights(VQGAN_SPEC, "generator.weights")
+    with pytest.raises(W.PretrainedNotFound) as err:
+        W.resolve_pretrained(VQGAN_SPEC, "generator.pretrained")
     message = str(err.value)
     assert "\n" not in message
     assert HEIBOX in message and "980 MB" in message and flag in message
-    assert "python -m genart generator.weights.path=/path/to/file" in message
+    assert "python -m genart generator.pretrained.path=/path/to/file" in message
     assert isinstance(err.value, UserError)
 
 
 def test_offline_hf_names_repo_and_file(cache, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(W, "is_reachable", no_network)
-    with pytest.raises(W.WeightsNotFound, match="repo org/model, file model.bin"):
-        W.resolve_weights(HF_SPEC, "guide.models.vitb32.weights.path")
+    with pytest.raises(W.PretrainedNotFound, match="repo org/model, file model.bin"):
+        W.resolve_pretrained(HF_SPEC, "guide.models.vitb32.pretrained.path")
 
 
 def test_unreachable_host_is_offline(cache, monkeypatch):
     monkeypatch.setattr(W, "is_reachable", lambda host, port: False)
     monkeypatch.setattr(W, "download", no_network)
-    with pytest.raises(W.WeightsNotFound, match="heibox.uni-heidelberg.de:443 is unreachable"):
-        W.resolve_weights(VQGAN_SPEC, "generator.weights")
+    with pytest.raises(W.PretrainedNotFound, match="heibox.uni-heidelberg.de:443 is unreachable"):
+        W.resolve_pretrained(VQGAN_SPEC, "generator.pretrained")
 
 
 def test_explicit_path_wins(cache, tmp_path):
@@ -97,20 +102,20 @@ def test_explicit_path_wins(cache, tmp_path):
     (cache / "vqgan_imagenet_f16_16384.ckpt").write_bytes(b"cached")
     mine = tmp_path / "mine.ckpt"
     mine.write_bytes(b"mine")
-    assert W.resolve_weights({**VQGAN_SPEC, "path": str(mine)}, "generator.weights") == mine
+    assert W.resolve_pretrained({**VQGAN_SPEC, "path": str(mine)}, "generator.pretrained") == mine
 
 
 def test_missing_explicit_path_is_named(cache, monkeypatch):
     monkeypatch.setattr(W, "is_reachable", no_network)
-    with pytest.raises(W.WeightsNotFound, match=r"generator\.weights\.path=/no/such\.ckpt"):
-        W.resolve_weights({**VQGAN_SPEC, "path": "/no/such.ckpt"}, "generator.weights")
+    with pytest.raises(W.PretrainedNotFound, match=r"generator\.pretrained\.path=/no/such\.ckpt"):
+        W.resolve_pretrained({**VQGAN_SPEC, "path": "/no/such.ckpt"}, "generator.pretrained")
 
 
 def test_cache_hit(cache, monkeypatch):
     monkeypatch.setattr(W, "is_reachable", no_network)
     cache.mkdir(parents=True)
     (cache / "vqgan_imagenet_f16_16384.ckpt").write_bytes(b"x")
-    found = W.resolve_weights(VQGAN_SPEC, "generator.weights")
+    found = W.resolve_pretrained(VQGAN_SPEC, "generator.pretrained")
     assert found == cache / "vqgan_imagenet_f16_16384.ckpt"
 
 
@@ -121,7 +126,9 @@ def test_hf_cache_hit(cache, tmp_path, monkeypatch):
     (repo / "refs" / "main").write_text("abc123")
     (repo / "snapshots" / "abc123").mkdir(parents=True)
     (repo / "snapshots" / "abc123" / "model.bin").write_bytes(b"x")
-    assert W.resolve_weights(HF_SPEC, "g.weights") == repo / "snapshots" / "abc123" / "model.bin"
+    assert (
+        W.resolve_pretrained(HF_SPEC, "g.pretrained") == repo / "snapshots" / "abc123" / "model.bin"
+    )
 
 
 def test_cache_name_from_share_link():
@@ -138,10 +145,10 @@ def test_download_is_checked_and_atomic(cache, tmp_path, monkeypatch, good_hash)
     spec = {"path": None, "url": source.as_uri(), "filename": "w.bin", "sha256": digest}
     monkeypatch.setattr(W, "is_reachable", lambda host, port: True)
     if good_hash:
-        assert W.resolve_weights(spec, "g.weights").read_bytes() == source.read_bytes()
+        assert W.resolve_pretrained(spec, "g.pretrained").read_bytes() == source.read_bytes()
     else:
-        with pytest.raises(W.WeightsNotFound, match="sha256 mismatch"):
-            W.resolve_weights(spec, "g.weights")
+        with pytest.raises(W.PretrainedNotFound, match="sha256 mismatch"):
+            W.resolve_pretrained(spec, "g.pretrained")
     assert not list(cache.glob("*.part"))
 
 
@@ -153,19 +160,162 @@ def test_import_does_not_load_torch():
 # ---------------------------------------------------------------- walk a config
 
 
-def test_find_weights_nodes():
+def test_find_pretrained_nodes():
     cfg = {
-        "generator": {"weights": {"path": None, "url": "u"}},
-        "guide": {"models": {"a": {"weights": {"hf_repo": "r"}}, "b": {"weights": None}}},
-        "extra": [{"weights": {"path": "p"}}],
-        "weights_note": {"weights": "not a dict"},
+        "generator": {"pretrained": {"path": None, "url": "u"}},
+        "guide": {"models": {"a": {"pretrained": {"hf_repo": "r"}}, "b": {"pretrained": None}}},
+        "extra": [{"pretrained": {"path": "p"}}],
+        "note": {"pretrained": "not a dict", "weights": {"path": "an old node"}},
     }
-    found = dict(W.find_weights_nodes(cfg))
+    found = dict(W.find_pretrained_nodes(cfg))
     assert found == {
-        "generator.weights": {"path": None, "url": "u"},
-        "guide.models.a.weights": {"hf_repo": "r"},
-        "extra.0.weights": {"path": "p"},
+        "generator.pretrained": {"path": None, "url": "u"},
+        "guide.models.a.pretrained": {"hf_repo": "r"},
+        "extra.0.pretrained": {"path": "p"},
     }
+
+
+def guide_models(path) -> list:
+    return [m for m in OmegaConf.load(path).models.values() if m is not None]
+
+
+def test_conf_model_nodes_say_pretrained_and_are_known():
+    """conf/'s model classes are exactly MODEL_TARGETS (a class missing there would keep an old
+    preset's `weights:`), and each of their nodes says `pretrained:`, never `weights:`."""
+    nodes = [OmegaConf.load(p) for p in sorted((REPO / "conf/generator").glob("*.yaml"))]
+    nodes += [m for p in sorted((REPO / "conf/guide").glob("*.yaml")) for m in guide_models(p)]
+    assert {n._target_ for n in nodes} == W.MODEL_TARGETS
+    assert all("pretrained" in n and "weights" not in n for n in nodes)
+
+
+def old_preset(root, name: str, text: str) -> str:
+    """Write preset/NAME.yaml under root the way genart ≤ 0.1 saved it; the searchpath override."""
+    (root / "preset").mkdir(parents=True, exist_ok=True)
+    (root / "preset" / f"{name}.yaml").write_text(f"# @package _global_\n{text}")
+    return f"hydra.searchpath=[{root.as_uri()}]"
+
+
+def saved_by_main() -> str:
+    """The generator and guide nodes of the preset saved by main (read, never changed)."""
+    saved = OmegaConf.load(REPO / "tests/fixtures/saved_by_main/preset/doorway_tiny.yaml")
+    assert "weights" in saved.generator and "weights" in saved.guide.models.tiny
+    defaults = ["override /generator: vqgan_tiny", "override /guide: clip_tiny", "_self_"]
+    part = OmegaConf.masked_copy(saved, ["generator", "guide"])
+    return "defaults:\n" + "".join(f"  - {d}\n" for d in defaults) + OmegaConf.to_yaml(part)
+
+
+def test_an_old_preset_composes_passes_the_checks_and_instantiates_once_upgraded(tmp_path):
+    from genart.checks import check_config
+    from genart.safety import check_presets, conf_dir
+
+    searchpath = old_preset(tmp_path, "old_tiny", saved_by_main())
+    check_presets(["+preset=old_tiny"], [conf_dir(), tmp_path])
+    cfg = compose(["+preset=old_tiny", searchpath, "size=[64,32]"])
+    check_config(cfg)
+    assert "weights" in cfg.generator and "pretrained" in cfg.generator  # Hydra merged both
+    with pytest.raises(InstantiationException, match="weights"):
+        instantiate(cfg.generator)
+    assert W.upgrade_weights_key(cfg) == ["generator.weights", "guide.models.tiny.weights"]
+    assert "weights" not in cfg.generator and cfg.generator.pretrained is None
+    cfg = W.resolve_all_pretrained(cfg)
+    assert instantiate(cfg.generator)().shape == (1, 3, 32, 64)
+    guide = instantiate(cfg.guide)
+    assert guide.names == ["tiny"] and guide.weights == [1.0]
+    assert W.upgrade_weights_key(cfg) == []  # once moved, nothing left to move
+
+
+def test_a_resumed_run_config_from_main_instantiates_once_upgraded():
+    """Resume reads an old run's .hydra/config.yaml as it is (no composing): a plain load."""
+    saved = OmegaConf.load(REPO / "tests/fixtures/saved_by_main/killed_run/.hydra/config.yaml")
+    assert W.upgrade_weights_key(saved) == ["generator.weights", "guide.models.tiny.weights"]
+    assert instantiate(saved.generator).size == (64, 32)
+
+
+OLD_VQGAN = "generator:\n  weights: {path: /saved/vqgan.ckpt, url: https://example.org/v.ckpt}\n"
+OLD_CLIP = "guide:\n  models:\n    vitb32:\n      weights: {path: /saved/clip.bin}\n"
+
+
+@pytest.mark.parametrize(
+    "text, typed, key, expected",
+    [
+        (
+            OLD_VQGAN,
+            [],
+            "generator",
+            {"path": "/saved/vqgan.ckpt", "url": "https://example.org/v.ckpt"},
+        ),
+        ("generator:\n  weights: null\n", [], "generator", None),  # saved random init stays so
+        (OLD_CLIP, [], "guide.models.vitb32", {"path": "/saved/clip.bin"}),
+        (
+            OLD_VQGAN,
+            ["generator.pretrained.path=/typed.ckpt"],
+            "generator",
+            {"path": "/typed.ckpt", "url": "https://example.org/v.ckpt"},
+        ),
+        (OLD_VQGAN, ["generator.pretrained=null"], "generator", None),
+    ],
+    ids=["saved-path", "saved-null", "guide-path", "typed-path-wins", "typed-null-wins"],
+)
+def test_the_saved_value_moves_to_pretrained_unless_typed(tmp_path, text, typed, key, expected):
+    searchpath = old_preset(tmp_path, "old", text)
+    cfg = compose(["generator=vqgan", "guide=clip_vitb32", "+preset=old", searchpath, *typed])
+    W.upgrade_weights_key(cfg, typed)
+    node = OmegaConf.select(cfg, key)
+    assert "weights" not in node
+    assert OmegaConf.to_container(node)["pretrained"] == expected
+
+
+def test_an_old_explicit_path_is_the_one_named_when_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr(W, "is_reachable", no_network)
+    cfg = compose(["generator=vqgan", "+preset=old", old_preset(tmp_path, "old", OLD_VQGAN)])
+    W.upgrade_weights_key(cfg)
+    with pytest.raises(
+        W.PretrainedNotFound, match=r"generator\.pretrained\.path=/saved/vqgan\.ckpt"
+    ):
+        W.resolve_all_pretrained(cfg)
+
+
+def test_only_genart_model_nodes_move():
+    cfg = {
+        "losses": {"x": {"_target_": "genart.losses.PromptLoss", "weights": {"path": "p"}}},
+        "guide": {"models": {"a": {"_target_": "genart.guides.CLIPModel", "weight": 0.5}}},
+        "generator": {"_target_": "genart.generators.pixels.PixelGenerator", "weights": None},
+    }
+    assert W.upgrade_weights_key(cfg) == ["generator.weights"]
+    assert cfg["generator"] == {
+        "_target_": "genart.generators.pixels.PixelGenerator",
+        "pretrained": None,
+    }
+    assert (
+        cfg["losses"]["x"]["weights"] == {"path": "p"}
+        and cfg["guide"]["models"]["a"]["weight"] == 0.5
+    )
+
+
+@pytest.mark.parametrize(
+    "arg, expected",
+    [
+        ("generator.weights.path=/x", "generator.pretrained.path=/x"),
+        ("generator.weights=null", "generator.pretrained=null"),
+        ("~generator.weights", "~generator.pretrained"),
+        (
+            "++guide.models.vitb32.weights.path=/w.bin",
+            "++guide.models.vitb32.pretrained.path=/w.bin",
+        ),
+        ("guide.models.vitb16.weights.hf_repo=a/b", "guide.models.vitb16.pretrained.hf_repo=a/b"),
+        (
+            "generator.weights.path=/models/weights.ckpt",
+            "generator.pretrained.path=/models/weights.ckpt",
+        ),
+        ("guide.models.vitb32.weight=0.5", None),  # the ensemble share keeps its name
+        ("losses.prompt.weight=2", None),
+        ("generator.weightsx=1", None),
+        ("guide.weights=1", None),
+        ("steps=5", None),
+    ],
+)
+def test_moved_override(arg, expected):
+    assert W.moved_override(arg) == expected
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -229,7 +379,7 @@ def test_lightning_checkpoint_loads_into_vqgan(tmp_path):
     assert callback is W.LightningModelCheckpoint
     assert float(checkpoint["callbacks"][callback]["best_model_score"]) == pytest.approx(0.21)
 
-    gen = VQGANGenerator(**TINY, weights={"path": str(path)}, init_seed=0)
+    gen = VQGANGenerator(**TINY, pretrained={"path": str(path)}, init_seed=0)
     for key, value in gen.model.state_dict().items():
         assert torch.equal(value, state[key]), key
     assert not any(p.requires_grad for p in gen.model.parameters())
@@ -239,7 +389,7 @@ def test_checkpoint_for_another_config_is_a_user_error(tmp_path):
     path = tmp_path / "last.ckpt"
     write_lightning_ckpt(path, tiny_state_with_loss(seed=0))
     with pytest.raises(UserError, match="shape mismatches, e.g. quantize.embedding.weight"):
-        VQGANGenerator(**{**TINY, "n_embed": 16}, weights={"path": str(path)})
+        VQGANGenerator(**{**TINY, "n_embed": 16}, pretrained={"path": str(path)})
 
 
 class Exploit:
