@@ -2,10 +2,11 @@
 
 Detail crops follow Crowson's MakeCutouts (VQGAN+CLIP): square crops whose side is
 rand**cut_pow between cut_size and the image's short side, kornia augmentations, per-view
-noise. Mirrored pairs are the semantic-symmetry cutouts of the "Doorways" post (seed 001);
-composition windows are the zoomed-out whole-image views of seed 003. Anti-aliased, batched
-resampling lives in `genart.speed.resample`. All randomness comes from the global torch RNG (kornia
-samples from it too), so a seeded run sees the same views.
+noise. Mirrored pairs are the semantic-symmetry cutouts of the Doorways post; composition
+windows are the zoomed-out whole-image views of the Malazan post (Doorways, Malazan;
+docs/references.md). Anti-aliased, batched resampling lives in `genart.speed.resample`. All
+randomness comes from the global torch RNG (kornia samples from it too), so a seeded run sees the
+same views.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 
 from genart.errors import UserError
 from genart.speed.color import use_fast_hue
-from genart.speed.resample import pad_to_square, resample_crops
+from genart.speed.resample import PAD_MODES, pad_to_square, resample_crops
 
 
 @dataclass
@@ -160,7 +161,7 @@ def crop_views(pixels: Tensor, boxes: Tensor, height: int, width: int, pair: Ten
 
 
 class CompositionWindows(nn.Module):
-    """Zoomed-out, augmented views of the whole image (seed 003), until step `end`."""
+    """Zoomed-out, augmented views of the whole image (Malazan; docs/references.md), until `end`."""
 
     def __init__(
         self,
@@ -170,9 +171,10 @@ class CompositionWindows(nn.Module):
         padding_mode: str = "reflect",
     ):
         super().__init__()
-        if padding_mode not in ("reflect", "border"):
+        if padding_mode not in PAD_MODES:
             raise UserError(
-                f'cutouts.composition.padding_mode is "{padding_mode}"; use reflect or border.'
+                f'cutouts.composition.padding_mode is "{padding_mode}"; use '
+                f"{' or '.join(PAD_MODES)}."
             )
         self.count, self.end, self.padding_mode = count, end, padding_mode
         self.augmentations = nn.ModuleList(list(augmentations or []))
@@ -283,29 +285,3 @@ class Cutouts(nn.Module):
         pixels = torch.cat([a, b if self.flip_right else b.flip(-1)])
         pair = torch.cat([torch.arange(k) + k, torch.arange(k)])
         return crop_views(pixels, boxes, h, w, pair)
-
-
-def size_weights(sizes: Tensor, power: float, composition: Tensor | None = None) -> Tensor:
-    """(N,) s**power normalised to mean 1 over the detail views; composition windows get 1."""
-    detail = torch.ones_like(sizes, dtype=torch.bool) if composition is None else ~composition
-    weights = sizes.float().pow(power)
-    if detail.any():
-        weights = weights / weights[detail].mean()
-    return torch.where(detail, weights, torch.ones_like(weights))
-
-
-class SizeWeighting(nn.Module):
-    """size(s) of the per-view prompt weight W_ip (Doorways, seed 001): ∝ s**power, mean 1.
-
-    power > 0 favours large crops (global layout: "most of the weight on very large patches"),
-    power < 0 small ones (filling in detail from an init image), 0 is uniform. Monotone in s and
-    normalised to mean 1 over the detail views, so it moves weight between views without
-    changing the loss scale. Pass `composition` (N,) bool to exclude windows from the mean.
-    """
-
-    def __init__(self, power: float = 0.0):
-        super().__init__()
-        self.power = power
-
-    def forward(self, sizes: Tensor, composition: Tensor | None = None) -> Tensor:
-        return size_weights(sizes, self.power, composition)

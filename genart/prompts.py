@@ -1,8 +1,9 @@
 """Prompts and their schedules over space and time: W_ip = time_p · pos_ip · size_i · sel_ip · w_p.
 
-Positional prompts follow the "Doorways" post (seed 001): each anchored prompt's weight is an
-interpolation of the view centre's x, normalised over the anchored prompts. Best-match prompts
-and composition prompts follow seed 003.
+Positional prompts follow the Doorways post: each anchored prompt's weight is an interpolation of
+the view centre's x, normalised over the anchored prompts. Best-match prompts and composition
+prompts follow the Malazan post (Doorways, Malazan; docs/references.md). The factors that depend
+on a view's geometry, pos and size, are `genart.prompt_weights`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from genart.errors import UserError
+from genart.prompt_weights import interpolate_positions
 
 ANCHOR_X = {"left": -1.0, "center": 0.0, "right": 1.0}
 
@@ -74,40 +76,6 @@ def render_template(template: str, subject: str, entrance: str) -> str:
 
 def with_suffix(text: str, suffix: str) -> str:
     return f"{text} {suffix}".strip() if suffix else text
-
-
-def interpolate_positions(x: torch.Tensor, anchors: torch.Tensor, mode: str, sharpness: float):
-    """Weights (N, K) of K anchored prompts at view centres x (N,), each row summing to 1."""
-    order = torch.argsort(anchors)
-    xs = anchors[order]
-    if mode in ("linear", "cosine"):
-        t = _tents(x.clamp(xs[0], xs[-1]), xs)  # (N, K), piecewise linear, rows sum to 1
-        if mode == "cosine":
-            t = (1 - torch.cos(math.pi * t)) / 2  # smooth ease between neighbours, still sums to 1
-    elif mode == "sigmoid":
-        spacing = (xs[-1] - xs[0]) / max(len(xs) - 1, 1) if len(xs) > 1 else torch.tensor(1.0)
-        # a softmax of -sharpness·|x - x_k| is a sigmoid of x between neighbouring anchors
-        t = torch.softmax(-sharpness * (x[:, None] - xs[None, :]).abs() / spacing, dim=1)
-    else:
-        raise UserError(f'prompts.interpolation is "{mode}"; use linear, cosine or sigmoid.')
-    t = t / t.sum(dim=1, keepdim=True).clamp_min(1e-12)
-    return t[:, torch.argsort(order)]  # back to the anchors' own order
-
-
-def _tents(x: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
-    """Hat functions: anchor k's weight falls linearly to 0 at its neighbours."""
-    if len(xs) == 1:
-        return torch.ones(len(x), 1, dtype=x.dtype, device=x.device)
-    idx = torch.searchsorted(xs, x.contiguous(), right=True).clamp(
-        1, len(xs) - 1
-    )  # right neighbour
-    x0, x1 = xs[idx - 1], xs[idx]
-    frac = ((x - x0) / (x1 - x0)).clamp(0, 1)
-    t = torch.zeros(len(x), len(xs), dtype=x.dtype, device=x.device)
-    rows = torch.arange(len(x), device=x.device)
-    t[rows, idx - 1] = 1 - frac
-    t[rows, idx] += frac
-    return t
 
 
 class PromptSchedule:

@@ -30,7 +30,6 @@ ALLOWED_TARGETS = frozenset(
         "genart.callbacks.wandb.WandbCallback",
         "genart.cutouts.CompositionWindows",
         "genart.cutouts.Cutouts",
-        "genart.cutouts.SizeWeighting",
         "genart.generators.pixels.PixelGenerator",
         "genart.generators.vqgan.VQGANGenerator",
         "genart.guides.CLIPModel",
@@ -41,6 +40,7 @@ ALLOWED_TARGETS = frozenset(
         "genart.losses.SemanticSymmetryLoss",
         "genart.losses.TVLoss",
         "genart.losses.ToneSymmetryLoss",
+        "genart.prompt_weights.SizeWeighting",
         "genart.prompts.PromptSchedule",
         "genart.seed_images.two_blotches",
         "genart.tools.sweep_summary.SweepCallback",
@@ -53,6 +53,9 @@ ALLOWED_TARGETS = frozenset(
         "torch.optim.AdamW",
     }
 )
+# Retired `_target_` names → the same class's name in genart now. A preset that names a retired
+# one is refused with the new name: allowing it would only fail later, at import.
+MOVED_TARGETS = {"genart.cutouts.SizeWeighting": "genart.prompt_weights.SizeWeighting"}
 PRESET_GROUP = "preset"
 OVERRIDE = re.compile(r"^(\+\+|\+|~)?([\w./-]+?)(@[\w.-]*)?=(.*)$")  # prefix, key, @package, value
 _BUILDS = "can build config nodes (and so a hidden `_target_`) from text"
@@ -379,6 +382,12 @@ def _check_target(
     key: str, target: tuple[Any, Any], choice: _Choice, allow: frozenset[str]
 ) -> None:
     written, value = target
+    if isinstance(value, str) and value in MOVED_TARGETS:
+        raise _refusal(
+            choice,
+            f"`{key}` names `{value}`, which moved to `{MOVED_TARGETS[value]}`",
+            f"Edit the preset: write `_target_: {MOVED_TARGETS[value]}`.",
+        )
     if isinstance(value, _Unresolved):
         what = f"`{key}` is `{written}`, which cannot be resolved before the run ({value})"
     elif isinstance(value, str) and value in allow:

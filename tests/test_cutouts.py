@@ -7,17 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from genart.cutouts import (
-    CompositionWindows,
-    Cutouts,
-    SizeWeighting,
-    Views,
-    mirror_boxes,
-    sample_boxes,
-    size_weights,
-)
+from genart.cutouts import CompositionWindows, Cutouts, Views, mirror_boxes, sample_boxes
 from genart.errors import UserError
-from genart.speed.resample import blur_weights, pad_to_square, resample_crops
+from genart.speed.resample import PAD_MODES, blur_weights, pad_to_square, resample_crops
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -176,7 +168,7 @@ def test_cutouts_resample_in_their_precision():
     assert torch.allclose(views[0], views[1], atol=2**-6)
 
 
-@pytest.mark.parametrize("mode", ["reflect", "border"])
+@pytest.mark.parametrize("mode", sorted(PAD_MODES))
 def test_pad_to_square_handles_wide_panoramas(mode):
     image = torch.rand(1, 3, 10, 64)
     square = pad_to_square(image, mode)
@@ -314,6 +306,12 @@ def test_composition_window_shows_the_whole_padded_image():
     assert abs(float(red.mean()) - 0.5) < 0.01
 
 
+def test_an_unknown_padding_mode_stops_the_run_when_the_windows_are_built():
+    with pytest.raises(UserError) as err:
+        CompositionWindows(count=1, padding_mode="zeros")
+    assert str(err.value) == 'cutouts.composition.padding_mode is "zeros"; use reflect or border.'
+
+
 # --- the whole sampler -----------------------------------------------------------------------
 
 
@@ -354,21 +352,6 @@ def test_views_cat_moves_partner_indices():
     both = Views.cat(views, views).to("cpu")
     assert len(both) == 8
     assert torch.equal(both.pair, torch.tensor([2, 3, 0, 1, 6, 7, 4, 5]))
-
-
-# --- size weighting --------------------------------------------------------------------------
-
-
-def test_size_weighting_is_monotone_with_mean_one_and_leaves_windows_alone():
-    sizes = torch.tensor([0.2, 0.5, 0.8, 1.0, 1.0])
-    composition = torch.tensor([False, False, False, False, True])
-    large = SizeWeighting(power=2.0)(sizes, composition)
-    small = size_weights(sizes, -2.0, composition)
-    assert (large[:4].diff() > 0).all() and (small[:4].diff() < 0).all()
-    for weights in (large, small):
-        assert float(weights[:4].mean()) == pytest.approx(1.0)
-        assert weights[4] == 1
-    assert torch.equal(SizeWeighting()(sizes), torch.ones(5))
 
 
 # --- configs ---------------------------------------------------------------------------------

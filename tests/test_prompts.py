@@ -12,7 +12,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from genart.errors import UserError
-from genart.prompts import PromptSchedule, interpolate_positions, parse_prompt, render_template
+from genart.prompt_weights import SizeWeighting, interpolate_positions, size_weights
+from genart.prompts import PromptSchedule, parse_prompt, render_template
 from tests.conftest import REPO, compose
 
 
@@ -103,6 +104,42 @@ def test_sigmoid_is_symmetric_and_sharp():
     )
     assert torch.allclose(w[1], torch.tensor([0.5, 0.5]))
     assert w[0, 0] > 0.99 and w[2, 1] > 0.99
+
+
+# catalogue entries whose wording departs from the doorway prompts', and the prompts they render
+CATALOGUE_WORDING = {
+    "heaven_hell": [
+        "entrance to the heaven realm by James Gurney",
+        "entrance to the hell realm by James Gurney",
+    ],
+    "el_dorado_atlantis": [
+        "entrance to El Dorado by James Gurney",
+        "entrance to Atlantis by James Gurney",
+    ],
+    "mars_luna": ["airlock door to Mars by James Gurney", "airlock door to Luna by James Gurney"],
+    "aaru_ammut": [
+        "gateway to the Fields of A'aru, the Egyptian paradise of reeds along the Nile by James Gurney",
+        "gateway to the Maw of Ammut, the Egyptian devourer of unworthy hearts by James Gurney",
+    ],
+}
+
+
+@pytest.mark.parametrize("entry", sorted(CATALOGUE_WORDING))
+def test_catalogue_entries_render_their_own_wording(entry):
+    schedule = instantiate(compose([f"+preset=doorways/{entry}"]).prompts, _convert_="all")
+    assert schedule.texts == CATALOGUE_WORDING[entry]
+
+
+def test_size_weighting_is_monotone_with_mean_one_and_leaves_windows_alone():
+    sizes = torch.tensor([0.2, 0.5, 0.8, 1.0, 1.0])
+    composition = torch.tensor([False, False, False, False, True])
+    large = SizeWeighting(power=2.0)(sizes, composition)
+    small = size_weights(sizes, -2.0, composition)
+    assert (large[:4].diff() > 0).all() and (small[:4].diff() < 0).all()
+    for weights in (large, small):
+        assert float(weights[:4].mean()) == pytest.approx(1.0)
+        assert weights[4] == 1
+    assert torch.equal(SizeWeighting()(sizes), torch.ones(5))
 
 
 def test_unanchored_prompts_weigh_one_everywhere():

@@ -32,7 +32,8 @@ def test_refine_keeps_the_catalogue_presets_prompts_and_losses():
     assert cfg.cutouts.mirrored and cfg.size == alone.size
     # what refining changes: a slow re-optimisation of details from a required, blurred image
     assert (cfg.steps, cfg.optimizer.lr, cfg.init.required, cfg.init.blur) == (300, 0.02, True, 2.0)
-    assert cfg.cutouts.cut_pow == 2.0 and cfg.prompts.size_weighting.power == -1.0
+    assert cfg.cutouts.cut_pow == 2.0 and schedule.size_weighting.power == -1.0
+    assert type(schedule.size_weighting).__module__ == "genart.prompt_weights"
 
 
 @pytest.mark.parametrize("preset", PRESETS)

@@ -28,8 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from genart.errors import UserError
-
 
 def sample_weights(lo: Tensor, hi: Tensor, size: int, length: int) -> Tensor:
     """(N, size, length) 1-D weights of roi_align(aligned=True, sampling_ratio=-1) on one axis.
@@ -106,13 +104,17 @@ def pad_reflect(image: Tensor, pads: tuple[int, int, int, int]) -> Tensor:
     return image
 
 
+def pad_border(image: Tensor, pads: tuple[int, int, int, int]) -> Tensor:
+    """Border padding (left, right, top, bottom): the edge pixels repeated."""
+    return F.pad(image, pads, mode="replicate")
+
+
+PAD_MODES = {"reflect": pad_reflect, "border": pad_border}  # pad_to_square's modes by name
+
+
 def pad_to_square(image: Tensor, mode: str = "reflect") -> Tensor:
-    """Pads (B, C, H, W) symmetrically to (B, C, M, M), M = max(H, W); mode reflect | border."""
+    """Pads (B, C, H, W) symmetrically to (B, C, M, M), M = max(H, W); mode a key of PAD_MODES."""
     h, w = image.shape[-2:]
     dx, dy = max(h - w, 0), max(w - h, 0)
     pads = (dx // 2, dx - dx // 2, dy // 2, dy - dy // 2)
-    if mode == "reflect":
-        return pad_reflect(image, pads)
-    if mode == "border":
-        return F.pad(image, pads, mode="replicate")
-    raise UserError(f'cutouts.composition.padding_mode is "{mode}"; use reflect or border.')
+    return PAD_MODES[mode](image, pads)
