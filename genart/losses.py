@@ -7,36 +7,86 @@ symmetry terms implement the "Doorways" post (seed 001). Formulas: shared/DESIGN
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+NEEDS = {  # what a loss may read from LossContext beyond the cheap parts, made on first read
+    "stops": "(P,) per-prompt floor of the signed distance: below it a view stops pulling",
+    "anchor_mix": "(N, P) positional mix over the anchored prompts",
+    "pairs": "(left, right) view indices of each mirrored cutout pair, left < right",
+    "latent": "θ of the generator as one tensor",
+    "init_latent": "θ encoded from the init image",
+    "init_image": "(1, 3, H, W) the init image as the generator renders it",
+}
 
-@dataclass
+
+def mirrored_pairs(pair: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(left, right) indices of each mirrored pair from `views.pair` (−1: no partner)."""
+    index = torch.arange(len(pair), device=pair.device)
+    left = torch.nonzero((pair >= 0) & (index < pair))[:, 0]
+    return left, pair[left]
+
+
+FROM_VIEWS = {"pairs": lambda ctx: mirrored_pairs(ctx.views.pair)}  # needs the views alone make
+
+
+class MissingNeed(AttributeError):
+    """A loss read a need that no provider of this run makes."""
+
+
 class LossContext:
-    """Everything a loss may look at for one step."""
+    """What a loss may read for one step: the cheap parts given, every other need made by its
+    provider (`providers[need](ctx)`) on the first read, then kept for the rest of the step."""
 
-    step: int
-    image: torch.Tensor  # (1, 3, H, W) in [0, 1]
-    views: object  # genart.cutouts.Views
-    image_embeds: list[torch.Tensor]  # per guide model: (N, D) unit vectors
-    text_embeds: list[torch.Tensor]  # per guide model: (P, D) unit vectors
-    model_weights: list[float]
-    W: torch.Tensor  # (N, P) per-view prompt weights (signed)
-    stops: torch.Tensor  # (P,)
-    anchor_mix: torch.Tensor  # (N, P) positional mix over anchored prompts
-    latent: torch.Tensor | None = None  # θ of the generator
-    init_latent: torch.Tensor | None = None
-    init_image: torch.Tensor | None = None
-    extras: dict = field(default_factory=dict)
+    def __init__(
+        self,
+        step: int,
+        image: torch.Tensor,
+        views,
+        image_embeds: list[torch.Tensor],
+        text_embeds: list[torch.Tensor],
+        model_weights: list[float],
+        W: torch.Tensor,
+        *known,
+        providers: dict | None = None,
+        **named,
+    ):
+        """`known` / `named`: needs already made, by position in NEEDS' order or by name;
+        `providers` (need → fn(ctx)) default to what the views alone make."""
+        self.step = step
+        self.image = image  # (1, 3, H, W) in [0, 1]
+        self.views = views  # genart.cutouts.Views
+        self.image_embeds = image_embeds  # per guide model: (N, D) unit vectors
+        self.text_embeds = text_embeds  # per guide model: (P, D) unit vectors
+        self.model_weights = model_weights
+        self.W = W  # (N, P) per-view prompt weights (signed)
+        self.providers = FROM_VIEWS if providers is None else providers
+        self.__dict__.update(zip(list(NEEDS)[: len(known)], known, strict=True), **named)
+
+    def __getattr__(self, need: str):
+        """Make a need on its first read (Python asks here only for names not yet set)."""
+        providers = self.__dict__.get("providers", {})
+        if need.startswith("_") or need not in providers:
+            raise MissingNeed(
+                f"LossContext has no {need!r}: no provider makes it in this run (it makes: "
+                f"{', '.join(providers) or 'nothing'}). A loss lists what it reads in `needs`, so "
+                f"that the run refuses at start what it cannot supply."
+            )
+        value = providers[need](self)
+        setattr(self, need, value)
+        return value
 
     def over_models(self, fn) -> torch.Tensor:
         """Σ_m w_m · fn(image_embeds_m, text_embeds_m) / Σ_m w_m, for guide ensembles."""
-        total = sum(self.model_weights)
-        pairs = zip(self.model_weights, self.image_embeds, self.text_embeds, strict=True)
-        return sum(w * fn(e, t) for w, e, t in pairs) / total
+        return ensemble_mean(self.model_weights, fn, self.image_embeds, self.text_embeds)
+
+
+def ensemble_mean(weights: list[float], fn, image_embeds: list, text_embeds: list) -> torch.Tensor:
+    """Σ_m w_m · fn(e_m, t_m) / Σ_m w_m over a guide ensemble's models (losses and selection)."""
+    pairs = zip(weights, image_embeds, text_embeds, strict=True)
+    return sum(w * fn(e, t) for w, e, t in pairs) / sum(weights)
 
 
 def spherical_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -65,7 +115,9 @@ replace_grad = _ReplaceGrad.apply
 class Loss(nn.Module):
     """A weighted term active while start <= step < end."""
 
-    needs_pairs = False  # True: the term compares mirrored cutout pairs (0 without them)
+    needs: tuple[str, ...] = ()  # what forward reads from LossContext beyond the cheap parts
+    provides: dict = {}  # need → fn(ctx): a need this loss brings, made once per step for all
+    fixes: dict = {}  # need → a setting of this loss that does without it (for the refusal)
 
     def __init__(self, weight: float = 1.0, start: int = 0, end: float | None = None):
         super().__init__()
@@ -80,6 +132,8 @@ class Loss(nn.Module):
 class PromptLoss(Loss):
     """Σ_p Σ_i |W_ip|·v_ip / N with v = sign(W)·d(e, t); gradient through max(v, stop)."""
 
+    needs = ("stops",)
+
     def forward(self, ctx: LossContext) -> torch.Tensor:
         def one_model(e, t):
             v = torch.sign(ctx.W) * spherical_dist(e, t)  # (N, P)
@@ -92,16 +146,12 @@ class PromptLoss(Loss):
 class SemanticSymmetryLoss(Loss):
     """Mean over mirrored pairs (i left, j right) of 1 − cos(e_i − t_i, e_j − t_j) (seed 001)."""
 
-    needs_pairs = True
+    needs = ("pairs", "anchor_mix")
 
     def forward(self, ctx: LossContext) -> torch.Tensor:
-        pair = ctx.views.pair
-        left = torch.nonzero((pair >= 0) & (torch.arange(len(pair), device=pair.device) < pair))[
-            :, 0
-        ]
-        if len(left) == 0:
+        left, right = ctx.pairs
+        if len(left) == 0:  # a step of unpaired views only (e.g. composition windows)
             return ctx.image.new_zeros(())
-        right = pair[left]
         mix = ctx.anchor_mix.float()  # (N, P)
 
         def one_model(e, t):
@@ -161,18 +211,19 @@ class TVLoss(Loss):
 
 
 class InitImageLoss(Loss):
-    """Pull θ (or the image) towards the init, fading as weight·decay^step."""
+    """Pull θ (space=latent) or the image (space=image) towards the init, fading as decay^step."""
+
+    fixes = {"latent": "space=image (pull the image instead of θ)"}
 
     def __init__(self, weight: float = 1.0, decay: float = 1.0, space: str = "latent", **window):
         super().__init__(weight, **window)
         self.decay, self.space = float(decay), space
+        self.needs = ("latent", "init_latent") if space == "latent" else ("init_image",)
 
     def forward(self, ctx: LossContext) -> torch.Tensor:
-        if self.space == "latent" and ctx.init_latent is not None and ctx.latent is not None:
+        if self.space == "latent":
             now, target = ctx.latent, ctx.init_latent
-        elif ctx.init_image is not None:
-            now, target = ctx.image, ctx.init_image
         else:
-            return ctx.image.new_zeros(())
+            now, target = ctx.image, ctx.init_image
         fade = self.decay**ctx.step
         return fade * F.mse_loss(now.float(), target.float().to(now.device))

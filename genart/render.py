@@ -30,6 +30,7 @@ class Run:
     schedule: object = None
     losses: dict = field(default_factory=dict)
     updater: object = None
+    objective: object = None  # genart.objective.Objective, built once the targets are embedded
     callbacks: list = field(default_factory=list)
     start_step: int = 0
     step: int = 0
@@ -75,28 +76,9 @@ def build(cfg: DictConfig, run: Run) -> None:
         raise UserError(
             "Every loss is switched off (losses.<name>: null). Keep at least losses.prompt."
         )
-    warn_unmet_needs(run.losses, run.cutouts)
     run.updater = instantiate(cfg.updater)(generator=run.generator, autocast=run.autocast)
     run.callbacks = default_callbacks() + ([instantiate(cfg.logger)] if cfg.get("logger") else [])
     torch.set_grad_enabled(True)
-
-
-def warn_unmet_needs(losses: dict, cutouts) -> None:
-    """Say at start when a weighted loss needs views the cutouts do not make (it would stay 0)."""
-    import warnings
-
-    for name, loss in losses.items():
-        if (
-            getattr(loss, "needs_pairs", False)
-            and loss.weight
-            and not getattr(cutouts, "mirrored", False)
-        ):
-            warnings.warn(
-                f"losses.{name} compares mirrored cutout pairs, but cutouts.mirrored is false, "
-                f"so it stays 0. Use cutouts=mirrored (or cutouts.mirrored=true), or set "
-                f"losses.{name}.weight=0.",
-                stacklevel=2,
-            )
 
 
 def autocast_for(device, precision: str, generator=None):
@@ -159,9 +141,9 @@ def apply_init(cfg: DictConfig, run: Run) -> dict:
         return {}
     with torch.no_grad():
         run.generator.encode(image.to(run.generator.theta()[0].device))
-        init_image = run.generator()
+        init_image, latent = run.generator(), run.generator.latent()
     return {
-        "init_latent": run.generator.latent().detach().clone(),
+        "init_latent": None if latent is None else latent.detach().clone(),
         "init_image": init_image.detach(),
     }
 
@@ -190,12 +172,27 @@ def load_init_image(init: DictConfig, size: tuple[int, int]):
     return image
 
 
-def guided_step(run: Run, step: int, targets: list, init: dict) -> dict:
-    """One update of θ by the run's updater; returns the loss terms and what the stats need."""
+def build_objective(run: Run, targets: list, init: dict):
+    """The run's one objective, given what only the run knows: θ's latent and the init (if any).
+
+    Building it refuses, in one paragraph, a weighted loss that needs what this run lacks.
+    """
     from genart.objective import Objective
 
-    objective = Objective(run.cutouts, run.guide, run.schedule, run.losses, targets, **init)
-    return run.updater.step(objective, run.generator, step)
+    providers = {name: constant(value) for name, value in init.items() if value is not None}
+    if run.generator.latent() is not None:
+        providers["latent"] = lambda ctx: run.generator.latent()
+    return Objective(run.cutouts, run.guide, run.schedule, run.losses, targets, providers)
+
+
+def constant(value):
+    """A provider that makes the same value at every step."""
+    return lambda ctx: value
+
+
+def guided_step(run: Run, step: int) -> dict:
+    """One update of θ by the run's updater; returns the loss terms and what the stats need."""
+    return run.updater.step(run.objective, run.generator, step)
 
 
 def check_finite(out: dict, step: int, run: Run) -> None:
@@ -205,7 +202,7 @@ def check_finite(out: dict, step: int, run: Run) -> None:
     if bool(torch.isfinite(out["total"])):
         return
     bad = [name for name, value in out["terms"].items() if not bool(torch.isfinite(value))]
-    fix = "lower optimizer.lr or that term's weight, or use precision=fp32"
+    fix = nan_advice(run.updater)
     saved = saved_step(Path(run.run_dir) / "checkpoint.pt")
     if saved is None:
         after = (
@@ -221,6 +218,12 @@ def check_finite(out: dict, step: int, run: Run) -> None:
         f"The loss was NaN/inf at step {step} (term: {', '.join(bad) or 'total'}). Nothing from "
         f"this step was saved. {after}"
     )
+
+
+def nan_advice(updater) -> str:
+    """What to change after a NaN: the updater's own setting (if it names one), then any run's."""
+    own = getattr(updater, "advice_on_nan", None)
+    return f"{own + ', ' if own else ''}lower that term's weight, or use precision=fp32"
 
 
 def saved_step(path: Path) -> int | None:
@@ -248,14 +251,14 @@ def current_image(run: Run):
     return render
 
 
-def optimise(cfg: DictConfig, run: Run, targets: list, init: dict) -> None:
+def optimise(cfg: DictConfig, run: Run) -> None:
     """The loop: steps, progress bar (loss refreshed every log_every), callbacks."""
     from tqdm.auto import tqdm
 
     # a context, so an error mid-run closes the bar (ending its line) before the message prints
     with tqdm(total=cfg.steps, initial=run.start_step, desc="genart", dynamic_ncols=True) as bar:
         for step in range(run.start_step, cfg.steps):
-            out = guided_step(run, step, targets, init)
+            out = guided_step(run, step)
             run.step = done = step + 1
             log = done % cfg.log_every == 0 or done == cfg.steps
             save = done % cfg.save_every == 0 or done == cfg.steps
@@ -322,10 +325,11 @@ def render(cfg: DictConfig, run_dir: Path, meta: dict | None = None, resume: boo
     if resume:
         resume_from_checkpoint(run)
     targets = embed_targets(run)
+    run.objective = build_objective(run, targets, init)
     for callback in run.callbacks:
         callback.on_start(run)
     try:
-        optimise(cfg, run, targets, init)
+        optimise(cfg, run)
     except BaseException:
         for callback in run.callbacks:
             getattr(callback, "on_abort", lambda: None)()

@@ -2,7 +2,8 @@
 
 Every updater is built as `updater(generator=…, autocast=…)` (its YAML is `_partial_`) and has
 `step(objective, generator, step) -> out`, `state_dict()` and `load_state_dict(state)`, which the
-checkpoint saves and resume restores.
+checkpoint saves and resume restores. An optional `advice_on_nan` names the setting of its own to
+change when the loss goes NaN/inf.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from torch.profiler import record_function  # named ranges for genart.tools.benc
 class GradientUpdater:
     """A torch optimiser over the generator's θ (latent optimisation, as VQGAN+CLIP does it)."""
 
+    advice_on_nan = "lower optimizer.lr"
+
     def __init__(self, optimizer, generator, autocast=nullcontext):
         self.optimizer = optimizer(
             params=generator.theta()
@@ -27,7 +30,7 @@ class GradientUpdater:
         """One forward / backward / optimiser step; the loss terms and the objective's stats."""
         with record_function("genart/generator"), self.autocast():
             image = generator().float()  # (1, 3, H, W) in [0, 1]
-        total, terms, stats = objective(image, step, latent=generator.latent())
+        total, terms, stats = objective(image, step)
         with record_function("genart/backward"):
             self.optimizer.zero_grad(set_to_none=True)
             if total.requires_grad:

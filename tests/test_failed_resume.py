@@ -1,4 +1,4 @@
-"""A failed resume leaves the run's own record alone, and a full disk cannot hide an error (issue 11)."""
+"""A failed resume leaves the run's own record alone, and a full disk cannot hide an error."""
 
 from __future__ import annotations
 
@@ -103,10 +103,10 @@ def test_a_run_that_failed_after_a_checkpoint_resumes_from_it(tmp_path, capsys, 
 
     real_step = genart.render.guided_step
 
-    def fails_at_step_3(run, step, *args):
+    def fails_at_step_3(run, step):
         if step == 2:  # the third step: checkpoint.pt of step 2 is on disk
             raise UserError("a passing failure at step 3")
-        return real_step(run, step, *args)
+        return real_step(run, step)
 
     monkeypatch.setattr(genart.render, "guided_step", fails_at_step_3)
     run_dir = tmp_path / "run"

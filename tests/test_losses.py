@@ -15,6 +15,7 @@ from genart.losses import (
     SemanticSymmetryLoss,
     ToneSymmetryLoss,
     TVLoss,
+    mirrored_pairs,
     spherical_dist,
 )
 
@@ -29,17 +30,18 @@ def context(image=None, e=None, t=None, W=None, stops=None, pair=None, mix=None,
     e = unit(4, 8) if e is None else e
     t = unit(2, 8, seed=1) if t is None else t
     n, p = len(e), len(t)
-    views = SimpleNamespace(pair=torch.full((n,), -1) if pair is None else pair)
+    pair = torch.full((n,), -1) if pair is None else pair
     return LossContext(
         step=kw.pop("step", 0),
         image=image,
-        views=views,
+        views=SimpleNamespace(pair=pair),
         image_embeds=[e],
         text_embeds=[t],
         model_weights=[1.0],
         W=torch.ones(n, p) if W is None else W,
         stops=torch.full((p,), -math.inf) if stops is None else stops,
         anchor_mix=torch.zeros(n, p) if mix is None else mix,
+        pairs=mirrored_pairs(pair),
         **kw,
     )
 
@@ -146,6 +148,30 @@ def test_init_image_pull_decays():
     loss = InitImageLoss(decay=0.5)
     assert loss(context(latent=latent, init_latent=init, step=0)) == 1.0
     assert loss(context(latent=latent, init_latent=init, step=2)) == 0.25
+
+
+@pytest.mark.parametrize("space", ["latent", "image"])
+def test_init_pull_reads_only_the_needs_of_its_space(space):
+    now, init = torch.full((1, 3, 4, 4), 0.5), torch.zeros(1, 3, 4, 4)
+    made = {"latent": now, "init_latent": init, "init_image": init}
+    loss = InitImageLoss(space=space)
+    needs = {name: made[name] for name in loss.needs}  # a read of anything else would raise
+    assert set(needs) == ({"latent", "init_latent"} if space == "latent" else {"init_image"})
+    assert loss(context(image=now, **needs)) == pytest.approx(0.25)
+
+
+def test_mirrored_pairs_lists_each_pair_once_left_first():
+    left, right = mirrored_pairs(torch.tensor([2, -1, 0, 4, 3]))
+    assert left.tolist() == [0, 3] and right.tolist() == [2, 4]
+
+
+def test_ensemble_terms_average_with_the_model_weights():
+    e, t = [unit(4, 8), unit(4, 8, seed=2)], [unit(2, 8, seed=1), unit(2, 8, seed=3)]
+    ctx = context(e=e[0], t=t[0])
+    ctx.image_embeds, ctx.text_embeds, ctx.model_weights = e, t, [3.0, 1.0]
+    value = PromptLoss()(ctx)
+    each = [PromptLoss()(context(e=a, t=b)) for a, b in zip(e, t, strict=True)]
+    assert torch.allclose(value, (3 * each[0] + each[1]) / 4)
 
 
 def test_loss_windows():

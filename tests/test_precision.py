@@ -58,8 +58,8 @@ def test_parity_check_passes_on_tiny_models():
 def test_frozen_models_get_no_weight_gradients(precision):
     from genart.render import guided_step
 
-    run, targets, _ = bench.build_genart({**TINY, "precision": precision})
-    guided_step(run, 0, targets, {})
+    run, _ = bench.build_genart({**TINY, "precision": precision})
+    guided_step(run, 0)
     theta = {id(p) for p in run.generator.theta()}
     frozen = [
         p for p in [*run.generator.parameters(), *run.guide.parameters()] if id(p) not in theta
@@ -69,7 +69,7 @@ def test_frozen_models_get_no_weight_gradients(precision):
 
 
 def test_bf16_runs_the_frozen_models_reduced_and_keeps_theta_and_outputs_fp32():
-    run, targets, _ = bench.build_genart({**TINY, "precision": "bf16"})
+    run, _ = bench.build_genart({**TINY, "precision": "bf16"})
     generator, clip = run.generator, next(iter(run.guide.models.values()))
     seen = []
     generator.model.decoder.conv_out.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
@@ -184,8 +184,8 @@ def test_compile_runs_and_keeps_the_loss():
 
     losses = []
     for compiled in (False, True):
-        run, targets, _ = bench.build_genart({**TINY, "compile": compiled})
-        losses.append([float(guided_step(run, i, targets, {})["total"].detach()) for i in range(2)])
+        run, _ = bench.build_genart({**TINY, "compile": compiled})
+        losses.append([float(guided_step(run, i)["total"].detach()) for i in range(2)])
     assert losses[1] == pytest.approx(losses[0], rel=2e-2)
 
 

@@ -22,7 +22,7 @@ class PlainGD:
 
     def step(self, objective, generator, step: int) -> dict:
         image = generator()  # (1, 3, H, W) in [0, 1]
-        total, terms, stats = objective(image, step, latent=generator.latent())
+        total, terms, stats = objective(image, step)
         theta = generator.theta()
         grads = torch.autograd.grad(total, theta)
         with torch.no_grad():

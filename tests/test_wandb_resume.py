@@ -1,4 +1,4 @@
-"""A resumed run continues its own W&B run: same id, name, group and tags (issue 11)."""
+"""A resumed run continues its own W&B run: same id, name, group and tags."""
 
 from __future__ import annotations
 
@@ -24,10 +24,10 @@ def killed_at_step_3(monkeypatch):
 
     real_step = genart.render.guided_step
 
-    def step(run, i, *args):
+    def step(run, i):
         if i == 2:
             raise KeyboardInterrupt
-        return real_step(run, i, *args)
+        return real_step(run, i)
 
     monkeypatch.setattr(genart.render, "guided_step", step)
     return lambda: monkeypatch.setattr(genart.render, "guided_step", real_step)

@@ -1,12 +1,12 @@
-"""Seconds per step of genart's loop beside a plain VQGAN+CLIP loop, from one run (issue 5).
+"""Seconds per step of genart's loop beside a plain VQGAN+CLIP loop, from one run.
 
 `python -m genart.bench [--steps N] [--precision bf16] ...` runs each part in its own child
 process, so that peak memory (ru_maxrss) is per loop:
 
 * parity: fp32, the same weights, z, crops, augmentation parameters and noise in both loops;
   their first-step loss and θ-gradient must agree (torch.allclose), augmentations off, then on.
-* genart: `render.build` + `render.guided_step` from the real configs (random weights of the real
-  architectures, nothing downloaded), at the asked precision / compile.
+* genart: `render.build`, `render.build_objective` and `render.guided_step` from the real configs
+  (random weights of the real architectures, nothing downloaded), at the asked precision / compile.
 * plain: the same work written the way the public reference implementations write it
   (`genart.tools.plain_loop`: fp32, per-crop resamples, VQGAN weights left trainable; `--plain-frozen`
   also times it with the VQGAN frozen, as generate.py's own loader does).
@@ -42,7 +42,7 @@ PARTS = ("generator", "cutouts", "guide", "losses", "optimizer")
 
 # -- configs ----------------------------------------------------------------------------------
 def compose_config(s: dict, precision: str | None = None):
-    """The job config as `python -m genart` composes it, every `weights` node set to random."""
+    """The job config as `python -m genart` composes it, every `pretrained` node set to random."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
@@ -61,23 +61,25 @@ def compose_config(s: dict, precision: str | None = None):
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
-    if "weights" in cfg.generator:
-        cfg.generator.weights = None
+    if "pretrained" in cfg.generator:
+        cfg.generator.pretrained = None
     for node in cfg.guide.models.values():
         if node is not None:
-            node.weights = None
+            node.pretrained = None
     return cfg
 
 
 def build_genart(s: dict, precision: str | None = None):
-    """A built `Run` and its prompt targets, exactly as `genart.render.render` builds them."""
+    """A built `Run`, objective included, and its config, as `genart.render.render` builds them
+    without an init image."""
     from genart.pretrained import resolve_all_weights
-    from genart.render import Run, build, embed_targets
+    from genart.render import Run, build, build_objective, embed_targets
 
     cfg = resolve_all_weights(compose_config(s, precision))
     run = Run(run_dir=Path(tempfile.gettempdir()) / "genart-bench", config={}, meta={})  # unused
     build(cfg, run)
-    return run, embed_targets(run), cfg
+    run.objective = build_objective(run, embed_targets(run), {})
+    return run, cfg
 
 
 # -- measuring --------------------------------------------------------------------------------
@@ -184,8 +186,8 @@ def child_genart(s: dict, turn: Turns = ALONE) -> dict:
     from genart.render import guided_step
 
     with turn():
-        run, targets, _ = build_genart(s)
-    result = measure(lambda i: guided_step(run, i, targets, {})["total"], s, turn)
+        run, _ = build_genart(s)
+    result = measure(lambda i: guided_step(run, i)["total"], s, turn)
     return {**result, "precision": run.env["precision"], "compile": s["compile"]}
 
 
@@ -240,14 +242,14 @@ def parity_once(s: dict, augmentations: str) -> dict:
     from genart.render import guided_step
     from genart.speed.precision import apply_precision
 
-    run, targets, cfg = build_genart(s, "fp32")
+    run, cfg = build_genart(s, "fp32")
     plain = build_plain(cfg, clip_state=next(iter(run.guide.models.values())).model.state_dict())
     z0, rng = run.generator.latent().detach().clone(), torch.get_rng_state()
     with (
         Recorder(genart.cutouts, "sample_boxes") as boxes,
         Recorder(genart.cutouts, "sample_noise") as noise,
     ):
-        loss = guided_step(run, 0, targets, {})["total"].detach()
+        loss = guided_step(run, 0)["total"].detach()
     grad = run.generator.latent().grad.clone()
     params = [dict(m._params) for m in run.cutouts.augmentations]
     with torch.no_grad():
@@ -261,7 +263,7 @@ def parity_once(s: dict, augmentations: str) -> dict:
         with torch.no_grad():
             run.generator.latent().copy_(z0)
         torch.set_rng_state(rng)
-        low = guided_step(run, 0, targets, {})["total"].detach()
+        low = guided_step(run, 0)["total"].detach()
         result[s["precision"]] = compare(low, run.generator.latent().grad, plain_loss, plain.z.grad)
     return {**result, "augmentations": augmentations, "noise": bool(noise.seen)}
 
@@ -290,12 +292,12 @@ def loss_trajectory(s: dict, precision: str, steps: int, grad_noise: float = 0.0
 
     from genart.render import guided_step
 
-    run, targets, _ = build_genart(s, precision)
+    run, _ = build_genart(s, precision)
     if grad_noise:
         gen = torch.Generator().manual_seed(s["seed"])  # not the global RNG: same crops
         for p in run.generator.theta():
             p.register_hook(lambda g: g * (1 + grad_noise * torch.randn(g.shape, generator=gen)))
-    return [float(guided_step(run, i, targets, {})["total"].detach()) for i in range(steps)]
+    return [float(guided_step(run, i)["total"].detach()) for i in range(steps)]
 
 
 def along_fp32(s: dict, steps: int) -> dict:
@@ -306,18 +308,18 @@ def along_fp32(s: dict, steps: int) -> dict:
 
     from genart.render import guided_step
 
-    full, targets, _ = build_genart(s, "fp32")
+    full, _ = build_genart(s, "fp32")
     rng = torch.get_rng_state()
-    shadow, shadow_targets, _ = build_genart(s, s["precision"])
+    shadow, _ = build_genart(s, s["precision"])
     torch.set_rng_state(rng)
     curve, gaps, cosines = [], [], []
     for i in range(steps):
         state = torch.get_rng_state()
         with torch.no_grad():
             shadow.generator.latent().copy_(full.generator.latent())
-        low = float(guided_step(shadow, i, shadow_targets, {})["total"].detach())
+        low = float(guided_step(shadow, i)["total"].detach())
         torch.set_rng_state(state)
-        curve.append(float(guided_step(full, i, targets, {})["total"].detach()))
+        curve.append(float(guided_step(full, i)["total"].detach()))
         gaps.append(abs(low - curve[-1]))
         pair = [r.generator.latent().grad.flatten() for r in (full, shadow)]
         cosines.append(float(F.cosine_similarity(*pair, dim=0)))
