@@ -20,6 +20,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from genart.speed.guard import Patch, applies, first_difference, parameters_differ
+
 EPS = 1e-8  # kornia's rgb_to_hsv eps
 TWO_PI = 2 * math.pi
 CENTRES = (3.0, 5.0, 1.0)  # r, g, b: the hue, in sextants, opposite each channel's peak
@@ -122,10 +124,34 @@ def adjust_hue(image: Tensor, factor: Tensor) -> Tensor:
     return _AdjustHue.apply(image, torch.as_tensor(factor, dtype=image.dtype, device=image.device))
 
 
+def hue_internals() -> str | None:
+    """Why kornia's ColorJitter does not keep adjust_hue(image, factor) in `_hue_fn`, or None."""
+    import kornia
+    from kornia.augmentation import ColorJitter
+
+    kept = getattr(ColorJitter(hue=0.1), "_hue_fn", None) is kornia.enhance.adjust_hue
+    return first_difference(
+        None if kept else "ColorJitter keeps no kornia.enhance.adjust_hue in _hue_fn",
+        parameters_differ(kornia.enhance.adjust_hue, "image", "factor"),
+    )
+
+
+FAST_HUE = Patch(
+    "fast_hue",
+    "kornia",
+    ">=0.7.2,<0.10",  # ColorJitter._hue_fn(image, radians) through 0.9; 0.x minors may move it
+    "the fast hue shift in kornia's ColorJitter (genart.speed.color)",
+    hue_internals,
+)
+
+
 def use_fast_hue(modules: Iterable[nn.Module]) -> None:
     """Swap `adjust_hue` into kornia ColorJitter modules that use kornia's own."""
     import kornia
 
-    for module in modules:
+    jitters = [m for m in modules if isinstance(m, kornia.augmentation.ColorJitter)]
+    if not jitters or not applies(FAST_HUE):  # no warning where no hue would be shifted
+        return
+    for module in jitters:
         if getattr(module, "_hue_fn", None) is kornia.enhance.adjust_hue:
             module._hue_fn = adjust_hue

@@ -18,6 +18,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genart.speed.guard import Patch, applies, first_difference, parameters_differ
+
+
+def decoder_internals() -> str | None:
+    """Why taming's Decoder, ResnetBlock and Upsample are not those `FastDecoder` restates, or None.
+
+    A new constructor option (latent-diffusion's copy added tanh_out and attn_type) would be a
+    branch of forward that the restatement lacks, so the parameters must match exactly.
+    """
+    from taming.modules.diffusionmodules import model
+
+    decoder_options = ("ch", "out_ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout")
+    decoder_options += ("resamp_with_conv", "in_channels", "resolution", "z_channels")
+    block_options = ("in_channels", "out_channels", "conv_shortcut", "dropout", "temb_channels")
+    return first_difference(
+        parameters_differ(model.Decoder, *decoder_options, "give_pre_end", "ignorekwargs"),
+        parameters_differ(model.Decoder.forward, "self", "z"),
+        parameters_differ(model.ResnetBlock, *block_options),
+        parameters_differ(model.ResnetBlock.forward, "self", "x", "temb"),
+        parameters_differ(model.Upsample, "in_channels", "with_conv"),
+    )
+
+
+FAST_DECODER = Patch(
+    "fast_decoder",
+    "taming-transformers-rom1504",
+    ">=0.0.6,<0.0.7",  # restates 0.0.6's Decoder.forward; 0.0.x releases promise nothing
+    "the faster VQGAN decoder (genart.speed.decoder)",
+    decoder_internals,
+)
+
 # Which of the 3 kernel taps land on each of the 2 low-resolution taps, per output parity:
 # even outputs read rows (i − 1, i) with taps (k0, k1 + k2), odd ones (i, i + 1) with (k0 + k1, k2).
 _TAPS = torch.tensor([[[1.0, 0, 0], [0, 1, 1]], [[1.0, 1, 0], [0, 0, 1]]])  # (parity, 2, 3)
@@ -52,12 +83,14 @@ def resnet_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 class FastDecoder:
     """Runs a taming `Decoder` the faster way. Not a module: the decoder's parameters stay where
-    they are (and under their keys); this only holds a reference and the phase-kernel caches."""
+    they are (and under their keys); this only holds a reference and the phase-kernel caches.
+    Where FAST_DECODER does not apply, it runs taming's own forward."""
 
     def __init__(self, decoder: nn.Module) -> None:
         if getattr(decoder, "temb_ch", 0):
             raise ValueError("FastDecoder: a decoder with a timestep embedding is not supported")
         self.decoder = decoder
+        self.fast = applies(FAST_DECODER)
         self._kernels: dict[int, tuple] = {}  # level → (weight's identity, its phase kernels)
 
     def phase_kernels(self, level: int, weight: torch.Tensor) -> torch.Tensor:
@@ -78,6 +111,8 @@ class FastDecoder:
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         d = self.decoder
+        if not self.fast:
+            return d(z)
         h = d.conv_in(z)
         h = resnet_block(d.mid.block_1, h)
         h = d.mid.attn_1(h)

@@ -20,6 +20,36 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genart.speed.guard import Patch, applies, first_difference, parameters_differ
+
+
+def vit_internals() -> str | None:
+    """Why open_clip's transformer does not call its parts as these replacements expect, or None.
+
+    They rely on: Transformer.forward(x, attn_mask) transposing by `batch_first` and calling each
+    block as block(x, attn_mask=…); a block computing x + ls_1(attention(ln_1(x))) with
+    attn(q, k, v, need_weights=False, attn_mask=…), then x + ls_2(mlp(ln_2(x))); `pool_type`
+    "tok" pooling reading the class token alone (VisionTransformer._global_pool).
+    """
+    from open_clip.transformer import ResidualAttentionBlock, Transformer, VisionTransformer
+
+    block = ("self", "q_x", "k_x", "v_x", "attn_mask")
+    return first_difference(
+        parameters_differ(Transformer.forward, "self", "x", "attn_mask"),
+        parameters_differ(ResidualAttentionBlock.forward, *block),
+        parameters_differ(ResidualAttentionBlock.attention, *block),
+        parameters_differ(VisionTransformer._global_pool, "self", "x"),
+    )
+
+
+FAST_VIT = Patch(
+    "fast_vit",
+    "open_clip_torch",
+    ">=2.24,<3.4",  # genart's lower bound; 3.3 is the newest tested, 3.x minors move internals
+    "the faster CLIP image tower (genart.speed.vit)",
+    vit_internals,
+)
+
 
 def use_sequence_first(transformer: nn.Module) -> None:
     """Run open_clip's batch-first attention blocks sequence-first (as OpenAI's CLIP does).
@@ -29,6 +59,8 @@ def use_sequence_first(transformer: nn.Module) -> None:
     views, 2-core CPU, took 3.65 s in bf16 against 1.42 s sequence-first (fp32: 4.23 / 4.05 s).
     The same sums, in contiguous (L, N, D) matmuls.
     """
+    if not applies(FAST_VIT):
+        return
     blocks = list(getattr(transformer, "resblocks", []))
     plain = all(isinstance(getattr(b, "attn", None), nn.MultiheadAttention) for b in blocks)
     if not (blocks and plain and getattr(transformer, "batch_first", False)):
@@ -154,6 +186,8 @@ def reads_class_token_only(visual: nn.Module) -> bool:
 
 def speed_up(visual: nn.Module, dtype: torch.dtype) -> None:
     """Swap the parts above into open_clip's VisionTransformer `visual` (already cast to dtype)."""
+    if not applies(FAST_VIT):
+        return
     transformer = getattr(visual, "transformer", None)
     use_sequence_first(transformer)
     if PatchEmbedding.fits(getattr(visual, "conv1", None)):
