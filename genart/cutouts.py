@@ -19,7 +19,9 @@ from torch import Tensor, nn
 
 from genart.errors import UserError
 from genart.speed.color import use_fast_hue
+from genart.speed.guard import applies
 from genart.speed.resample import PAD_MODES, pad_to_square, resample_crops
+from genart.speed.views import CHOSEN_VIEWS
 
 
 @dataclass
@@ -109,6 +111,8 @@ def transform_chosen(module: nn.Module, pixels: Tensor, params: dict | None = No
     """
     if not hasattr(module, "forward_parameters"):
         return module(pixels)
+    if not applies(CHOSEN_VIEWS):  # kornia's own path: every view transformed, the chosen kept
+        return module(pixels, params=params)
     params = module.forward_parameters(pixels.shape) if params is None else params
     chosen, n = params["batch_prob"] > 0.5, pixels.shape[0]
     per_view = all(k in VIEW_INDEPENDENT or v.shape[:1] == (n,) for k, v in params.items())

@@ -105,6 +105,26 @@ def test_hue_fallback_jitters_the_same(monkeypatch):
     torch.testing.assert_close(grad, stock_grad, atol=2e-6 * float(grad.abs().max()), rtol=0)
 
 
+def standard_views() -> tuple[torch.Tensor, torch.Tensor]:
+    """Views through the standard cutouts (affine, perspective, jitter, erasing; p < 1 each) and
+    their gradient, from fixed draws."""
+    cutouts = instantiate(tiny_config().cutouts, cut_size=32)
+    image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    image.requires_grad_(True)
+    torch.manual_seed(5)
+    views = cutouts(image, 0).pixels
+    (grad,) = torch.autograd.grad(views.square().sum(), image)
+    return views, grad
+
+
+def test_chosen_views_fallback_augments_the_same(monkeypatch):
+    views, grad = standard_views()
+    stock_views, stock_grad = switched_off(monkeypatch, "chosen_views", standard_views)
+    assert views.std() > 0.05  # real views, not a constant that any path would match
+    torch.testing.assert_close(views, stock_views, atol=1e-5, rtol=0)
+    torch.testing.assert_close(grad, stock_grad, atol=1e-5 * float(grad.abs().max()), rtol=0)
+
+
 # max |Δ| of unit embeddings; measured fp32 1.2e-7, bf16 1.7e-3 (cos ≥ 0.999995)
 @pytest.mark.parametrize(
     "dtype, atol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)], ids=["fp32", "bf16"]
