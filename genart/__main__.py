@@ -31,12 +31,9 @@ def cli() -> None:
     if run_dir is not None:
         sys.argv.insert(1, pin_override(run_dir, sys.argv[1:]))
     try:
-        main()
+        main()  # a sweep with a failed job exits 1 from its summary (genart.tools.sweep_summary)
     finally:
         release_if_unused(run_dir)
-    from genart.cli import after_hydra
-
-    after_hydra()
 
 
 if __name__ == "__main__":

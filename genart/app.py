@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from genart.checks import check_config, check_prompt_source
 from genart.errors import UserError
 from genart.files import replace_atomic
+from genart.moved_keys import upgrade_config
 
 FAILED_STATUS = float("nan")  # what a failed job returns to sweepers
 
@@ -59,6 +60,7 @@ def run_job(cfg: DictConfig) -> float:
             meta = resumed_meta(run_dir, meta)
         else:
             check_prompt_source(cfg, HydraConfig.get().runtime.choices, meta["overrides"])
+        cfg = upgrade_config(cfg, meta["overrides"])  # an old preset's logger node -> logger.wandb
         check_config(cfg)  # before weights are fetched or models built
         from genart.render import render
 
@@ -195,7 +197,7 @@ def prepare_resume(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, P
             f"resume={run_dir} is not a genart run directory (no .hydra/config.yaml in it). Give the "
             "directory of an earlier run, e.g. resume=outputs/2026-11-22/10-00-00."
         )
-    saved = OmegaConf.load(saved_path)
+    saved = upgrade_config(OmegaConf.load(saved_path))  # in the keys this version reads
     conflicts = []
     for override in overrides:
         key, _, _ = override.lstrip("+~").partition("=")

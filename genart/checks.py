@@ -24,7 +24,8 @@ from genart.errors import UserError
 # the composed default config has no key missing from this list.
 TOP_LEVEL_KEYS = (
     # groups (conf/<group>/); `preset` only if a preset is not `# @package _global_`
-    *("generator", "guide", "cutouts", "prompts", "losses", "optimizer", "updater", "logger"),
+    *("generator", "guide", "cutouts", "prompts", "losses", "optimizer", "updater"),
+    *("callbacks", "logger"),
     *("preset", "refine"),
     # conf/config.yaml
     *("seed", "steps", "size", "device", "precision", "compile", "threads"),

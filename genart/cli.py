@@ -1,11 +1,9 @@
-"""What happens around Hydra: preset safety checks before it composes, a sweep summary after."""
+"""What happens before Hydra composes: moved keys renamed, preset safety checks, search path."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-
-FAILED_JOBS: list[tuple[str, str]] = []  # (job dir, error line), filled by the sweep callback
 
 
 def preset_search_dirs() -> list[Path]:
@@ -16,12 +14,15 @@ def preset_search_dirs() -> list[Path]:
 
 
 def before_hydra(argv: list[str]) -> None:
-    """Refuse unsafe presets before Hydra builds anything; add user preset dirs to the search path;
-    quote free-text prompts so Hydra reads them as typed (genart.overrides)."""
+    """Rename moved keys (genart.moved_keys); refuse unsafe presets before Hydra builds anything;
+    add user preset dirs to the search path; quote free-text prompts so Hydra reads them as typed
+    (genart.overrides)."""
+    from genart.moved_keys import rewrite_overrides
     from genart.overrides import as_typed
     from genart.safety import check_presets
     from genart.tools.presets import user_preset_dirs
 
+    argv = rewrite_overrides(argv)
     check_presets(argv, preset_search_dirs())
     sys.argv[1:] = argv = refine_last(as_typed(argv))
     extra = user_preset_dirs()
@@ -40,8 +41,3 @@ def refine_last(argv: list[str]) -> list[str]:
     presets = [i for i, a in enumerate(rest) if a.startswith("+preset=")]
     at = presets[-1] + 1 if presets else len(rest)
     return rest[:at] + refine + rest[at:] if presets else argv
-
-
-def after_hydra() -> None:
-    if FAILED_JOBS:
-        sys.exit(1)

@@ -77,7 +77,9 @@ def build(cfg: DictConfig, run: Run) -> None:
             "Every loss is switched off (losses.<name>: null). Keep at least losses.prompt."
         )
     run.updater = instantiate(cfg.updater)(generator=run.generator, autocast=run.autocast)
-    run.callbacks = default_callbacks() + ([instantiate(cfg.logger)] if cfg.get("logger") else [])
+    from genart.callbacks import callback_nodes
+
+    run.callbacks = [instantiate(node) for node in callback_nodes(cfg)]
     torch.set_grad_enabled(True)
 
 
@@ -95,14 +97,6 @@ def autocast_for(device, precision: str, generator=None):
     if dtype == torch.float32 or has_precision_hook(generator):
         return nullcontext
     return lambda: torch.autocast(device.type, dtype=dtype)
-
-
-def default_callbacks() -> list:
-    from genart.callbacks.checkpoint import CheckpointCallback
-    from genart.callbacks.frames import FramesCallback, VideoCallback
-    from genart.callbacks.stats import StatsCallback
-
-    return [FramesCallback(), CheckpointCallback(), StatsCallback(), VideoCallback()]
 
 
 def embed_targets(run: Run) -> list:
@@ -332,7 +326,7 @@ def render(cfg: DictConfig, run_dir: Path, meta: dict | None = None, resume: boo
         optimise(cfg, run)
     except BaseException:
         for callback in run.callbacks:
-            getattr(callback, "on_abort", lambda: None)()
+            callback.on_abort()
         raise
     return finish(cfg, run, targets)
 

@@ -50,13 +50,14 @@ def record(monkeypatch) -> list[Seen]:
     import genart.render
 
     runs: list[Seen] = []
-    original = genart.render.default_callbacks
+    original = genart.render.build
 
-    def with_recorder() -> list:
+    def build_with_recorder(cfg, run) -> None:
+        original(cfg, run)
         runs.append(Seen())
-        return [*original(), Recorder(runs[-1])]
+        run.callbacks.append(Recorder(runs[-1]))
 
-    monkeypatch.setattr(genart.render, "default_callbacks", with_recorder)
+    monkeypatch.setattr(genart.render, "build", build_with_recorder)
     return runs
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from tests.conftest import OFFLINE, REPO, cli
 
@@ -91,3 +95,96 @@ def test_an_unsafe_shared_preset_is_refused_before_anything_runs(tmp_path):
     )
     assert out.returncode == 2 and "os.system" in out.stderr and "Traceback" not in out.stderr
     assert not marker.exists() and not (tmp_path / "outputs").exists()
+
+
+SWEEP_CONFIG = """\
+status: ok
+hydra:
+  callbacks:
+    sweep_summary:
+      _target_: genart.tools.sweep_summary.SweepCallback
+  sweep:
+    dir: {sweep_dir}
+"""
+
+
+@pytest.mark.parametrize("statuses, code", [("ok,ok", None), ("ok,failed", 1)])
+def test_a_sweep_with_a_failed_job_exits_1_through_hydra(tmp_path, monkeypatch, statuses, code):
+    """The summary's SystemExit passes Hydra's callback and error handlers (they catch Exception)."""
+    import hydra
+
+    (tmp_path / "config.yaml").write_text(SWEEP_CONFIG.format(sweep_dir=tmp_path / "sweep"))
+
+    def task(cfg) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        job_dir = Path(HydraConfig.get().runtime.output_dir)
+        (job_dir / "result.json").write_text(json.dumps({"status": cfg.status, "error": "bad"}))
+
+    main = hydra.main(config_path=str(tmp_path), config_name="config", version_base="1.3")(task)
+    monkeypatch.setattr(sys, "argv", ["genart", f"status={statuses}", "-m"])
+    if code is None:
+        main()
+    else:
+        with pytest.raises(SystemExit) as caught:
+            main()
+        assert caught.value.code == code
+    summary = json.loads((tmp_path / "sweep" / "summary.json").read_text())
+    assert [job["status"] for job in summary] == statuses.split(",")
+
+
+def test_wandb_tables_cover_the_groups_whose_jobs_logged_to_wandb(tmp_path):
+    """Decided from what the jobs recorded (wandb_run.json), not from the logger's config."""
+    from genart.tools.sweep_dirs import job_dirs, read_job
+    from genart.tools.sweep_summary import wandb_groups
+
+    for n, group in enumerate(["g", "g", None, "h"]):
+        job = tmp_path / str(n)
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "hydra.yaml").write_text("hydra: {job: {override_dirname: g}}\n")
+        (job / "result.json").write_text(json.dumps({"status": "ok" if group else "failed"}))
+        if group is not None:
+            identity = {"id": f"run{n}", "name": str(n), "group": group, "tags": []}
+            (job / "wandb_run.json").write_text(json.dumps(identity))
+    groups = wandb_groups([read_job(d) for d in job_dirs(tmp_path)])
+    assert {g: [j["dir"].name for j in jobs] for g, jobs in groups.items()} == {
+        "g": ["0", "1", "2"],  # job 2 failed before W&B started: still in its group's table
+        "h": ["3"],
+    }
+    for job in tmp_path.glob("*/wandb_run.json"):
+        job.unlink()
+    assert wandb_groups([read_job(d) for d in job_dirs(tmp_path)]) == {}
+
+
+OLD_WANDB_PRESET = """\
+# @package _global_
+# description: saved when the logger group was a single node
+defaults:
+  - override /logger: wandb
+  - _self_
+logger:
+  _target_: genart.callbacks.wandb.WandbCallback
+  mode: disabled
+  project: old_project
+"""
+
+
+def test_a_preset_with_the_old_single_logger_node_still_runs(tmp_path):
+    (tmp_path / "shared/preset").mkdir(parents=True)
+    (tmp_path / "shared/preset/old_wandb.yaml").write_text(OLD_WANDB_PRESET)
+    out = cli(
+        "genart",
+        "+preset=old_wandb",
+        "generator=vqgan_tiny",
+        "guide=clip_tiny",
+        "steps=1",
+        "size=[32,32]",
+        cwd=tmp_path,
+        env={**NO_CACHE, "GENART_PRESETS_DIR": str(tmp_path / "shared")},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    (note,) = [line for line in out.stderr.splitlines() if "logger.wandb" in line]
+    assert "WandbCallback" in note
+    (run_dir,) = (tmp_path / "outputs").glob("*/*")
+    assert (run_dir / "wandb_run.json").exists() and (run_dir / "final.png").exists()
+    assert not list(run_dir.glob("wandb/offline-run-*")), "the preset's mode: disabled was kept"

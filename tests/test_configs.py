@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 
 from tests.conftest import REPO, compose
 
-GROUPS = ["generator", "guide", "cutouts", "prompts", "losses", "optimizer", "logger"]
+GROUPS = ["generator", "guide", "cutouts", "prompts", "losses", "optimizer", "callbacks", "logger"]
+CALLBACK_GROUPS = {"callbacks", "logger"}  # dicts of named callbacks, built by one helper
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((REPO / "conf" / g).glob("*.yaml"))]
 PRESETS = sorted(
     str(p.relative_to(REPO / "conf/preset").with_suffix(""))
@@ -23,13 +24,16 @@ PRESETS = sorted(
 SLOW_OPTIONS = {("guide", "clip_ensemble")}  # two ViT-B builds (~18 s); covered in test_guides
 
 
+WEIGHT_KEYS = ("weights", "pretrained")  # a checkpoint to load; null: random weights
+
+
 def without_weights(node):
     """Real-weight configs build their architecture with random weights (nothing to download)."""
     container = OmegaConf.to_container(node, resolve=True)
 
     def strip(value):
         if isinstance(value, dict):
-            return {k: (None if k == "weights" else strip(v)) for k, v in value.items()}
+            return {k: (None if k in WEIGHT_KEYS else strip(v)) for k, v in value.items()}
         return [strip(v) for v in value] if isinstance(value, list) else value
 
     return OmegaConf.create(strip(container))
@@ -109,10 +113,11 @@ def check_built(group: str, built, node) -> None:
             optimizer.param_groups[0]["lr"] == node.lr
             and optimizer.param_groups[0]["params"] == theta
         )
-    elif group == "logger":
+    elif group in CALLBACK_GROUPS:
         from genart.callbacks import Callback
 
-        assert isinstance(built, Callback)
+        assert list(built) == [k for k, v in node.items() if v is not None]
+        assert all(isinstance(callback, Callback) for callback in built.values())
 
 
 @pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
@@ -124,7 +129,7 @@ def test_every_option_composes_and_instantiates(group, option):
         assert (group, option) == ("logger", "none"), "only logger=none may switch its group off"
         return
     node = without_weights(cfg[group])
-    if group == "losses":
+    if group == "losses" or group in CALLBACK_GROUPS:
         built = {k: instantiate(v) for k, v in node.items() if v is not None}
     elif group == "cutouts":
         built = instantiate(node, cut_size=32)

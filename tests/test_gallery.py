@@ -291,3 +291,16 @@ def test_browser_loads_images_and_sorts(sweep: Path, tmp_path: Path):
         assert card_order(driver, "dataset.score") == ["0.1", "0.2", "0.3", ""]
         driver.find_element(By.CSS_SELECTOR, 'button[data-sort="job"]').click()
         assert card_order(driver, "dataset.job") == ["0", "1", "2", "3"]
+
+
+def test_the_sweep_summary_reads_the_jobs_the_gallery_shows(sweep: Path):
+    from genart.tools.sweep_dirs import job_dirs
+    from genart.tools.sweep_dirs import read_job as read_record
+    from genart.tools.sweep_summary import summarise
+
+    (sweep / "2" / "result.json").unlink()  # an older run: final.png, no error.txt
+    records = [read_record(d) for d in job_dirs(sweep)]
+    assert [read_job(d).ok for d in job_dirs(sweep)] == [r["status"] == "ok" for r in records]
+    text = summarise(records)
+    assert "3 of 4 jobs succeeded" in text and "FAILED" in text
+    assert "ValueError: bad <prompt> & co" in text and f"best score 0.3000: {sweep / '1'}" in text

@@ -145,10 +145,10 @@ def test_a_killed_job_is_reported_and_the_others_finish(tmp_path):
     """kill -9 (as the OOM killer does) in job 2 of 4, after its first checkpoint: joblib's own
     pool aborted the sweep (TerminatedWorkerError, no summary)."""
     killer = [
-        "+logger._target_=tests.killer.KillAtStep",
-        "+logger.seed=${seed}",
-        "+logger.victim=2",
-        "+logger.step=1",
+        "+callbacks.killer._target_=tests.killer.KillAtStep",
+        "+callbacks.killer.seed=${seed}",
+        "+callbacks.killer.victim=2",
+        "+callbacks.killer.step=1",
     ]
     args = [
         *TINY,

@@ -1,4 +1,4 @@
-"""frames/<step>.png every `save_every` steps and at the last step, and trajectory.mp4 at the end."""
+"""frames/<step>.png every `save_every` steps and at the last step; trajectory.mp4 from them at the end."""
 
 from __future__ import annotations
 
@@ -12,35 +12,40 @@ from genart.images import save_png
 
 
 class FramesCallback(Callback):
-    def on_start(self, run) -> None:
-        self.dir = Path(run.run_dir) / "frames"
-
-    def on_step(self, state: dict) -> None:
-        if state["save"]:
-            save_png(state["image"](), self.dir / f"{state['step']:05d}.png")
-
-
-class VideoCallback(Callback):
-    """Encode the saved frames to an MP4 (imageio-ffmpeg: fast, unlike GIF)."""
+    """Save frames, then encode the ones it saved (a resumed run's too) into an MP4 (imageio-ffmpeg:
+    fast, unlike GIF). Adds `state["video"]` (the MP4's path) for the callbacks after it."""
 
     def __init__(self, fps: int = 10):
         self.fps = fps
 
     def on_start(self, run) -> None:
-        self.run_dir = Path(run.run_dir)
+        self.dir = Path(run.run_dir) / "frames"
+        self.video = Path(run.run_dir) / "trajectory.mp4"
+        # a resumed run's video starts with the frames this callback saved before the checkpoint
+        self.saved = {
+            int(p.stem): p
+            for p in self.dir.glob("*.png")
+            if p.stem.isdigit() and int(p.stem) <= run.start_step
+        }
+
+    def on_step(self, state: dict) -> None:
+        if state["save"]:
+            path = self.dir / f"{state['step']:05d}.png"
+            save_png(state["image"](), path)
+            self.saved[state["step"]] = path
 
     def on_end(self, state: dict) -> None:
-        write_video(
-            sorted((self.run_dir / "frames").glob("*.png")),
-            self.run_dir / "trajectory.mp4",
-            self.fps,
-        )
+        if write_video([self.saved[step] for step in sorted(self.saved)], self.video, self.fps):
+            state["video"] = self.video
 
 
-def write_video(frames: list[Path], path: Path, fps: int) -> None:
-    if frames:
-        # ffmpeg picks its container from the name's ending, so the .part name ends in .mp4 too
-        write_atomic(path, lambda tmp: encode_video(frames, tmp, fps), suffix=".part.mp4")
+def write_video(frames: list[Path], path: Path, fps: int) -> bool:
+    """Encode `frames` to `path`; False when there are none (no file written)."""
+    if not frames:
+        return False
+    # ffmpeg picks its container from the name's ending, so the .part name ends in .mp4 too
+    write_atomic(path, lambda tmp: encode_video(frames, tmp, fps), suffix=".part.mp4")
+    return True
 
 
 def encode_video(frames: list[Path], path: Path, fps: int) -> None:

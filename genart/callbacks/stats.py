@@ -43,8 +43,11 @@ class StatsCallback(Callback):
         self._observe(state)
 
     def on_end(self, state: dict) -> None:
+        """Adds `state["best_match_totals"]` (header row, then one row per prompt) when it has one."""
         self._flush_wins()  # positional.csv was written at the last step, always a save step
-        self._write_totals()
+        totals = self._write_totals()
+        if totals:
+            state["best_match_totals"] = totals
 
     def _observe(self, state: dict) -> None:
         """Once per step, whichever asks first: the checkpoint (for this step's state) or the loop."""
@@ -145,10 +148,10 @@ class StatsCallback(Callback):
     def _best_views_or_none(self):
         return [b for _, b in self.best_views] if self.best_views else [None] * len(self.wins)
 
-    def _write_totals(self) -> None:
+    def _write_totals(self) -> list[list] | None:
         path = self.dir / "best_match.csv"
         if not self.grouped or not path.exists():
-            return
+            return None
         totals = {self.texts[k]: 0 for k in self.grouped}
         with path.open() as f:
             for row in csv.DictReader(f):
@@ -159,6 +162,7 @@ class StatsCallback(Callback):
             [t, n, f"{n / all_wins:.4f}"] for t, n in sorted(totals.items(), key=lambda kv: -kv[1])
         ]
         write_csv(self.dir / "best_match_totals.csv", rows)
+        return rows
 
     def _write_positional(self) -> None:
         if self.pos_sum is None:

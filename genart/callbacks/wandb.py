@@ -1,14 +1,14 @@
 """Weights & Biases: one W&B run per genart run, offline unless the user opts in.
 
 Logs the resolved config, every loss term and an image every `log_every` steps, then the final
-image, the trajectory video, the score and the best-match table. The run's W&B identity (id,
+image, the score, and the trajectory video and best-match table that the callbacks before it put
+in the end state. The run's W&B identity (id,
 name, group, tags) is kept in `wandb_run.json` when it starts, so a resume continues the same W&B
 run in its sweep group, whatever the `resume=…` command looked like.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -69,22 +69,22 @@ class WandbCallback(Callback):
         self.run.finish(exit_code=1)
 
     def on_end(self, state: dict) -> None:
-        final, video = self.run_dir / "final.png", self.run_dir / "trajectory.mp4"
-        summary = {"score": state.get("score")}
-        if final.exists():
-            summary["final_image"] = self.wandb.Image(str(final))
-        if video.exists():
+        """The final image and score, and what the callbacks before it added to the state: the
+        trajectory video (`video`) and the best-match table (`best_match_totals`)."""
+        from genart.images import to_pil
+
+        step = state["step"]
+        if state.get("video") is not None:
             self.run.log(
-                {"trajectory": self.wandb.Video(str(video), format="mp4")}, step=state["step"]
+                {"trajectory": self.wandb.Video(str(state["video"]), format="mp4")}, step=step
             )
-        totals = self.run_dir / "stats" / "best_match_totals.csv"
-        if totals.exists():
-            with totals.open() as f:
-                rows = list(csv.reader(f))
+        totals = state.get("best_match_totals")
+        if totals:
             self.run.log(
-                {"best_match": self.wandb.Table(columns=rows[0], data=rows[1:])}, step=state["step"]
+                {"best_match": self.wandb.Table(columns=totals[0], data=totals[1:])}, step=step
             )
-        self.run.summary.update(summary)
+        final = self.wandb.Image(to_pil(state["image"]()), caption="final")
+        self.run.summary.update({"score": state.get("score"), "final_image": final})
         self.run.finish()
 
 

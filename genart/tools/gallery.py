@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 import math
 import os
 import sys
@@ -19,8 +18,9 @@ from string import Template
 from urllib.parse import quote
 
 from genart.errors import UserError
+from genart.tools import sweep_dirs
+from genart.tools.sweep_dirs import is_job, job_dirs, job_number, numbered
 
-JOB_MARKERS = ("result.json", "final.png", "error.txt")
 THUMB_WIDTH = 256  # trajectory thumbnails: a page of 20+ cards still animates smoothly
 MAX_FRAMES = 60  # long runs are subsampled: 500 frames would weigh megabytes and play for a minute
 FRAME_MS = 150
@@ -98,13 +98,13 @@ def find_jobs(sweep_dir: Path) -> list[Path]:
 
     A `UserError` for a job of a sweep (naming the sweep's folder) and for a folder of neither.
     """
-    jobs = [d for d in _numbered(sweep_dir) if _is_job(d)]
+    jobs = job_dirs(sweep_dir)
     if jobs:
-        return sorted(jobs, key=lambda d: int(d.name))
-    if _is_job(sweep_dir):
+        return jobs
+    if is_job(sweep_dir):
         here = sweep_dir.resolve()
         if here.name.isdigit() and (
-            (here.parent / "multirun.yaml").exists() or len(_numbered(here.parent)) > 1
+            (here.parent / "multirun.yaml").exists() or len(numbered(here.parent)) > 1
         ):
             sweep = sweep_dir.parent if sweep_dir.name == here.name else here.parent  # as typed
             raise UserError(
@@ -120,51 +120,12 @@ def find_jobs(sweep_dir: Path) -> list[Path]:
     )
 
 
-def _numbered(folder: Path) -> list[Path]:
-    return [d for d in folder.iterdir() if d.name.isdigit()] if folder.is_dir() else []
-
-
-def _is_job(folder: Path) -> bool:
-    return any((folder / m).exists() for m in JOB_MARKERS) or (folder / ".hydra").is_dir()
-
-
 def read_job(path: Path) -> Job:
-    """A job's outcome from result.json, falling back to .hydra/ and error.txt for older runs."""
-    result, hydra = _read_json(path / "result.json"), path / ".hydra"
-    overrides = result.get("overrides") or _read_yaml(hydra / "overrides.yaml") or []
-    seed = result.get("seed", (_read_yaml(hydra / "config.yaml") or {}).get("seed"))
-    error_txt = path / "error.txt"
-    ok = result.get("status", "failed" if error_txt.exists() else "ok") == "ok"
-    score = result.get("score")
-    score = float(score) if ok and isinstance(score, int | float) and math.isfinite(score) else None
-    error = None if ok else _error_line(result.get("error"), error_txt)
-    number = int(path.name) if path.name.isdigit() else 0  # a single run: job 0
-    return Job(path, number, ok, score, seed, [str(o) for o in overrides], error)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # missing, or cut short by a killed job
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _read_yaml(path: Path):
-    import yaml
-
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return None
-
-
-def _error_line(message: str | None, error_txt: Path) -> str:
-    """The line a traceback ends with (`ValueError: ...`), cut to a card's width."""
-    if not message and error_txt.exists():
-        message = error_txt.read_text(encoding="utf-8", errors="replace")
-    lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
-    return lines[-1][:500] if lines else "failed without an error message"
+    """A job's card data, as genart.tools.sweep_dirs reads it (the summary reads the same)."""
+    job = sweep_dirs.read_job(path)
+    error = None if job["error"] is None else job["error"][:500]  # a card's width
+    ok = job["status"] == "ok"
+    return Job(path, job_number(path), ok, job["score"], job["seed"], job["overrides"], error)
 
 
 def list_frames(frames_dir: Path) -> list[Path]:

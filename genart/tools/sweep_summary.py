@@ -1,8 +1,10 @@
 """The ends of a sweep: joblib's launcher swapped for one that survives a killed job; a summary of
-failed jobs (exit ≠ 0) and a W&B comparison table per group.
+failed jobs (then exit 1) and a W&B comparison table per group of the jobs that logged to W&B.
 
 Registered as a Hydra callback (`hydra.callbacks.sweep_summary` in conf/config.yaml), so it runs
-in the launching process whatever the launcher (basic, joblib, Ray, Slurm).
+in the launching process whatever the launcher (basic, joblib, Ray, Slurm). It ends the process
+itself: Hydra lets a callback's SystemExit through (it catches only Exception), and the sweep's
+outcome then needs no state shared with the command line.
 """
 
 from __future__ import annotations
@@ -13,26 +15,12 @@ import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from genart.tools.sweep_dirs import job_dirs, read_job
 
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 JOBLIB_SAFE = "hydra_plugins.genart_launcher.joblib_safe.JoblibSafeLauncher"
-
-
-def read_results(sweep_dir: Path) -> list[dict]:
-    """Every job's result.json (a job dir without one failed before writing anything)."""
-    jobs = []
-    for job_dir in sorted(
-        (p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()),
-        key=lambda p: int(p.name),
-    ):
-        path = job_dir / "result.json"
-        if path.exists():
-            result = json.loads(path.read_text())
-        else:
-            result = {"status": "failed", "error": "no result.json (the job died before finishing)"}
-        jobs.append({"dir": job_dir, **result})
-    return jobs
 
 
 def summarise(jobs: list[dict]) -> str:
@@ -53,7 +41,7 @@ def summarise(jobs: list[dict]) -> str:
 
 class SweepCallback(Callback):
     """on_multirun_start: `hydra/launcher=joblib` runs on joblib_safe's launcher; on_multirun_end:
-    print the summary, remember failures for the exit code, log W&B tables."""
+    print the summary, log W&B tables, exit 1 if a job failed."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         """Same settings, one process per job: a job the OS kills is one failed job, where joblib's
@@ -67,36 +55,59 @@ class SweepCallback(Callback):
                 launcher._target_ = JOBLIB_SAFE
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from genart import cli
-
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        jobs = read_results(sweep_dir)
+        jobs = [read_job(d) for d in job_dirs(sweep_dir)]
         print(summarise(jobs), file=sys.stderr)
-        cli.FAILED_JOBS.extend(
-            (str(j["dir"]), j.get("error") or "") for j in jobs if j.get("status") != "ok"
-        )
         (sweep_dir / "summary.json").write_text(
             json.dumps([{**j, "dir": str(j["dir"])} for j in jobs], indent=2)
         )
-        logger = config.get("logger")
-        if logger and "Wandb" in str(logger.get("_target_", "")):
-            log_tables(jobs, sweep_dir, logger)
+        try:
+            groups = wandb_groups(jobs)
+            if groups:
+                log_tables(groups, sweep_dir, wandb_settings(config))
+        except Exception as err:  # noqa: BLE001 - the summary and the exit code stand without W&B
+            print(f"genart sweep: no W&B tables ({type(err).__name__}: {err})", file=sys.stderr)
+        if any(j["status"] != "ok" for j in jobs):
+            raise SystemExit(1)  # Hydra lets it through: the sweep's exit code
 
 
-def log_tables(jobs: list[dict], sweep_dir: Path, logger: DictConfig) -> None:
+def wandb_groups(jobs: list[dict]) -> dict[str, list[dict]]:
+    """The W&B group of every job that logged to W&B (it kept its identity in wandb_run.json),
+    with its jobs; a job of such a group that failed before W&B started joins it too."""
+    from genart.callbacks.wandb import IDENTITY, read_identity
+
+    logged = {
+        str(j["dir"]): read_identity(j["dir"] / IDENTITY)["group"]
+        for j in jobs
+        if (j["dir"] / IDENTITY).exists()
+    }
+    groups: dict[str, list[dict]] = {}
+    for job in jobs:
+        group = logged.get(str(job["dir"])) or job_group(job["dir"])
+        groups.setdefault(group, []).append(job)
+    return {g: members for g, members in groups.items() if g in logged.values()}
+
+
+def wandb_settings(config: DictConfig) -> dict:
+    """mode, project, entity of the sweep's W&B logger (`logger.wandb`, old single node moved)."""
+    from genart.callbacks.wandb import WandbCallback
+    from genart.moved_keys import nest_flat_node
+
+    logger = OmegaConf.to_container(config.get("logger") or {}, resolve=True)
+    node = nest_flat_node(logger, "wandb").get("wandb") or {}
+    defaults = WandbCallback()
+    return {k: node.get(k, getattr(defaults, k)) for k in ("mode", "project", "entity")}
+
+
+def log_tables(groups: dict[str, list[dict]], sweep_dir: Path, settings: dict) -> None:
     """One summary run per W&B group, holding a Table: thumbnail, overrides, seed, score."""
     import wandb
 
-    groups: dict[str, list[dict]] = {}
-    for job in jobs:
-        groups.setdefault(job_group(job["dir"]), []).append(job)
     for group, members in groups.items():
         run = wandb.init(
-            mode=logger.get("mode", "offline"),
-            project=logger.get("project"),
-            entity=logger.get("entity"),
+            **settings,
             dir=str(sweep_dir),
             group=group,
             name=f"summary: {group}",
@@ -121,9 +132,7 @@ def log_tables(jobs: list[dict], sweep_dir: Path, logger: DictConfig) -> None:
 
 
 def job_group(job_dir: Path) -> str:
-    """The group the job's W&B run used (Hydra's override_dirname without the seed)."""
-    from omegaconf import OmegaConf
-
+    """The group the job's W&B run would use (Hydra's override_dirname without the seed)."""
     hydra_yaml = Path(job_dir) / ".hydra" / "hydra.yaml"
     if not hydra_yaml.exists():
         return "default"

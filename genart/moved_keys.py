@@ -1,0 +1,97 @@
+"""Config keys that moved: a user's old words still run, with one line on stderr naming the new key.
+
+Two tables, one per form the old words come in:
+- `MOVED`: a command-line override's key (`logger.mode=online`), rewritten before Hydra reads it;
+- `FLAT_GROUPS`: a group that became a dict of named `_target_`s, whose old single node
+  (`logger: {_target_: …WandbCallback, mode: …}`) saved presets and old runs' `.hydra/config.yaml`
+  still hold; it moves under its entry's name once the config is composed (or loaded to resume).
+No hydra and no torch at import: the command line is rewritten before anything heavy loads.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from genart.errors import UserError
+
+# old dotted key (or key prefix) -> new one; `generator.weights` -> `generator.pretrained` goes here
+MOVED = {
+    "logger.mode": "logger.wandb.mode",
+    "logger.project": "logger.wandb.project",
+    "logger.entity": "logger.wandb.entity",
+    "logger.log_images": "logger.wandb.log_images",
+}
+
+# group -> {the _target_ of its old single node: that node's name in the group's dict}
+FLAT_GROUPS = {
+    "logger": {"genart.callbacks.wandb.WandbCallback": "wandb"},
+}
+
+_OVERRIDE = re.compile(r"^(\+\+|\+|~)?([\w.]+)(@[\w.]*)?(=.*)?$", re.S)  # prefix, key, @pkg, =value
+
+
+def new_key(key: str) -> str | None:
+    """The key `key` is now called, or None when it did not move."""
+    for old, new in MOVED.items():
+        if key == old or key.startswith(old + "."):
+            return new + key[len(old) :]
+    return None
+
+
+def rewrite_overrides(argv: list[str]) -> list[str]:
+    """argv with every moved key renamed, each rename said in one line on stderr."""
+    out = []
+    for arg in argv:
+        match = _OVERRIDE.match(arg)
+        moved = new_key(match[2]) if match else None
+        if moved is None:
+            out.append(arg)
+            continue
+        prefix, _, package, value = match.groups()
+        out.append(f"{prefix or ''}{moved}{package or ''}{value or ''}")
+        print(f"genart: {match[2]} is now {moved}; running with {out[-1]}", file=sys.stderr)
+    return out
+
+
+def upgrade_config(cfg: DictConfig, overrides: list[str] = ()) -> DictConfig:
+    """Move each group's old single node under its entry's name (`logger` -> `logger.wandb`).
+
+    Hydra merges a saved preset's old node into the group's new dict, so the old node shows as a
+    `_target_` beside the dict's entries (its values win, except those the command line set in
+    `overrides`); an old run's config holds the old node alone.
+    """
+    typed = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    for group, names in FLAT_GROUPS.items():
+        node = cfg.get(group)
+        if not (isinstance(node, DictConfig) and "_target_" in node):
+            continue
+        items = OmegaConf.to_container(node, resolve=False)
+        name = names.get(items["_target_"])
+        if name is None:
+            raise UserError(
+                f"{group} is a single node (_target_: {items['_target_']}), but {group} is now a "
+                f"dict of named entries: put it under {group}.<name> ({group}.<name>._target_=…)."
+            )
+        keep = {
+            k.removeprefix(f"{group}.{name}.") for k in typed if k.startswith(f"{group}.{name}.")
+        }
+        print(
+            f"genart: the single {group} node (_target_: {items['_target_']}) is now "
+            f"{group}.{name}; running with it there",
+            file=sys.stderr,
+        )
+        with open_dict(cfg):
+            cfg[group] = nest_flat_node(items, name, keep)
+    return cfg
+
+
+def nest_flat_node(items: dict, name: str, keep: set[str] = frozenset()) -> dict:
+    """{entries…, name: that entry with the old node's keys}; the old node's values win over the
+    entry's, except for the keys in `keep`."""
+    entries = {k: v for k, v in items.items() if isinstance(v, dict) and "_target_" in v}
+    flat = {k: v for k, v in items.items() if k not in entries}
+    entry = entries.get(name, {})
+    return {**entries, name: {**entry, **{k: v for k, v in flat.items() if k not in keep}}}
