@@ -27,6 +27,9 @@ from genart.errors import UserError
 # exact names, because a module prefix such as `genart.` also reaches functions that write files.
 ALLOWED_TARGETS = frozenset(
     {
+        "genart.callbacks.checkpoint.CheckpointCallback",
+        "genart.callbacks.frames.FramesCallback",
+        "genart.callbacks.stats.StatsCallback",
         "genart.callbacks.wandb.WandbCallback",
         "genart.cutouts.CompositionWindows",
         "genart.cutouts.Cutouts",
