@@ -1,10 +1,12 @@
 """Config keys that moved: a user's old words still run, with one line on stderr naming the new key.
 
-Two tables, one per form the old words come in:
-- `MOVED`: a command-line override's key (`logger.mode=online`), rewritten before Hydra reads it;
-- `FLAT_GROUPS`: a group that became a dict of named `_target_`s, whose old single node
-  (`logger: {_target_: …WandbCallback, mode: …}`) saved presets and old runs' `.hydra/config.yaml`
-  still hold; it moves under its entry's name once the config is composed (or loaded to resume).
+Two forms the old words come in, each with its table:
+- a command-line override's key (`logger.mode=online`), rewritten before Hydra reads it: `MOVED`
+  (fixed keys), and `genart.pretrained.moved_override` (`<model>.weights` -> `<model>.pretrained`);
+- a saved preset's or an old run's `.hydra/config.yaml` nodes, upgraded once the config is composed
+  (or loaded to resume): `FLAT_GROUPS`, groups that became a dict of named `_target_`s, whose old
+  single node (`logger: {_target_: …WandbCallback, mode: …}`) moves under its entry's name; and
+  `genart.pretrained.upgrade_weights_key` (a model node's `weights:` -> `pretrained:`).
 No hydra and no torch at import: the command line is rewritten before anything heavy loads.
 """
 
@@ -17,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from genart.errors import UserError
 
-# old dotted key (or key prefix) -> new one; `generator.weights` -> `generator.pretrained` goes here
+# old dotted key (or key prefix) -> new one
 MOVED = {
     "logger.mode": "logger.wandb.mode",
     "logger.project": "logger.wandb.project",
@@ -41,28 +43,42 @@ def new_key(key: str) -> str | None:
     return None
 
 
+def moved_override(arg: str) -> str | None:
+    """`arg` with its moved key renamed, or None when its key did not move."""
+    from genart.pretrained import moved_override as moved_weights
+
+    match = _OVERRIDE.match(arg)
+    moved = new_key(match[2]) if match else None
+    if moved is None:
+        return moved_weights(arg)
+    prefix, _, package, value = match.groups()
+    return f"{prefix or ''}{moved}{package or ''}{value or ''}"
+
+
 def rewrite_overrides(argv: list[str]) -> list[str]:
     """argv with every moved key renamed, each rename said in one line on stderr."""
     out = []
     for arg in argv:
-        match = _OVERRIDE.match(arg)
-        moved = new_key(match[2]) if match else None
-        if moved is None:
-            out.append(arg)
-            continue
-        prefix, _, package, value = match.groups()
-        out.append(f"{prefix or ''}{moved}{package or ''}{value or ''}")
-        print(f"genart: {match[2]} is now {moved}; running with {out[-1]}", file=sys.stderr)
+        moved = moved_override(arg)
+        out.append(arg if moved is None else moved)
+        if moved is not None:
+            old_key, new = arg.partition("=")[0].lstrip("+~"), moved.partition("=")[0].lstrip("+~")
+            print(f"genart: {old_key} is now {new}; running with {moved}", file=sys.stderr)
     return out
 
 
 def upgrade_config(cfg: DictConfig, overrides: list[str] = ()) -> DictConfig:
-    """Move each group's old single node under its entry's name (`logger` -> `logger.wandb`).
+    """Move `weights:` to `pretrained:`, and each group's old single node under its entry's name
+    (`logger` -> `logger.wandb`).
 
     Hydra merges a saved preset's old node into the group's new dict, so the old node shows as a
     `_target_` beside the dict's entries (its values win, except those the command line set in
     `overrides`); an old run's config holds the old node alone.
     """
+    from genart.pretrained import upgrade_weights_key
+
+    for old in upgrade_weights_key(cfg, overrides):
+        print(f"genart: {old} is now {old.rpartition('.')[0]}.pretrained", file=sys.stderr)
     typed = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     for group, names in FLAT_GROUPS.items():
         node = cfg.get(group)

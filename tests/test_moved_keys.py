@@ -40,6 +40,8 @@ logger:
         ("logger.wandb.mode=online", "logger.wandb.mode=online"),
         ("prompts.text=logger.mode=online", "prompts.text=logger.mode=online"),
         ("hydra/launcher=joblib", "hydra/launcher=joblib"),
+        ("generator.weights.path=/x.ckpt", "generator.pretrained.path=/x.ckpt"),
+        ("guide.models.vitb32.weights=null", "guide.models.vitb32.pretrained=null"),
     ],
 )
 def test_an_old_override_key_is_renamed_and_the_new_key_named(old, new, capsys):
