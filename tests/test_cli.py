@@ -48,7 +48,7 @@ def test_real_defaults_without_weights_fail_fast_and_clearly(tmp_path):
     out = genart(cwd=tmp_path)
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
-    assert "generator.weights.path" in out.stderr and "vqgan" in out.stderr.lower()
+    assert "generator.pretrained.path" in out.stderr and "vqgan" in out.stderr.lower()
 
 
 def test_user_mistakes_are_one_paragraph(tmp_path):
