@@ -227,7 +227,7 @@ class Guide(nn.Module):
         return list(self.models.keys())
 
     @property
-    def weights(self) -> list[float]:
+    def model_weights(self) -> list[float]:
         """Each model's ensemble share (`guide.models.<name>.weight`), in `names` order."""
         return [model.weight for model in self.models.values()]
 

@@ -1,7 +1,7 @@
 """Loss terms: each a small module with a `weight` and an optional [start, end) step window.
 
 The prompt loss is the spherical distance of the public VQGAN+CLIP method (Crowson); the
-symmetry terms implement the "Doorways" post (seed 001). Formulas: shared/DESIGN.md.
+symmetry terms implement the Doorways post (docs/references.md).
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ class PromptLoss(Loss):
 
 
 class SemanticSymmetryLoss(Loss):
-    """Mean over mirrored pairs (i left, j right) of 1 − cos(e_i − t_i, e_j − t_j) (seed 001)."""
+    """Mean over mirrored pairs (i left, j right) of 1 − cos(e_i − t_i, e_j − t_j) (Doorways)."""
 
     needs = ("pairs", "anchor_mix")
 
@@ -171,7 +171,7 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 class ToneSymmetryLoss(Loss):
-    """‖blur(gray(x)) − flip_x(blur(gray(x)))‖₁ (mean): match tone left to right (seed 001)."""
+    """‖blur(gray(x)) − flip_x(blur(gray(x)))‖₁ (mean): match tone left to right (Doorways)."""
 
     def __init__(self, weight: float = 1.0, sigma: float = 8.0, **window):
         super().__init__(weight, **window)

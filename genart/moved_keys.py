@@ -6,7 +6,9 @@ Two forms the old words come in, each with its table:
 - a saved preset's or an old run's `.hydra/config.yaml` nodes, upgraded once the config is composed
   (or loaded to resume): `FLAT_GROUPS`, groups that became a dict of named `_target_`s, whose old
   single node (`logger: {_target_: …WandbCallback, mode: …}`) moves under its entry's name; and
-  `genart.pretrained.upgrade_weights_key` (a model node's `weights:` -> `pretrained:`).
+  `genart.pretrained.upgrade_weights_key` (a model node's `weights:` -> `pretrained:`), and
+  `genart.safety.MOVED_TARGETS` (a class that moved module; a preset naming one is refused by the
+  safety check, an old run's own config resumes with the new name).
 No hydra and no torch at import: the command line is rewritten before anything heavy loads.
 """
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 import re
 import sys
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from genart.errors import UserError
 
@@ -79,6 +81,8 @@ def upgrade_config(cfg: DictConfig, overrides: list[str] = ()) -> DictConfig:
 
     for old in upgrade_weights_key(cfg, overrides):
         print(f"genart: {old} is now {old.rpartition('.')[0]}.pretrained", file=sys.stderr)
+    for key, old, new in rename_moved_targets(cfg):
+        print(f"genart: {key} {old} is now {new}; running with it", file=sys.stderr)
     typed = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     for group, names in FLAT_GROUPS.items():
         node = cfg.get(group)
@@ -111,3 +115,22 @@ def nest_flat_node(items: dict, name: str, keep: set[str] = frozenset()) -> dict
     flat = {k: v for k, v in items.items() if k not in entries}
     entry = entries.get(name, {})
     return {**entries, name: {**entry, **{k: v for k, v in flat.items() if k not in keep}}}
+
+
+def rename_moved_targets(node, prefix: str = "") -> list[tuple[str, str, str]]:
+    """Each `_target_` that `genart.safety.MOVED_TARGETS` retired, renamed in place (no
+    interpolation resolved); (key, old, new) for each."""
+    from genart.safety import MOVED_TARGETS
+
+    keys = list(node.keys()) if isinstance(node, DictConfig) else range(len(node))
+    renamed = []
+    for key in keys:
+        child, dotted = node._get_node(key), f"{prefix}.{key}" if prefix else str(key)
+        if key == "_target_" and child._value() in MOVED_TARGETS:
+            old = child._value()
+            with open_dict(node):
+                node[key] = MOVED_TARGETS[old]
+            renamed.append((dotted, old, MOVED_TARGETS[old]))
+        elif isinstance(child, DictConfig | ListConfig) and child._value() is not None:
+            renamed += rename_moved_targets(child, dotted)
+    return renamed

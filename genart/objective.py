@@ -65,7 +65,7 @@ class Objective:
                 views=views,
                 image_embeds=image_embeds,
                 text_embeds=self.text_embeds,
-                model_weights=self.guide.weights,
+                model_weights=self.guide.model_weights,
                 W=W,
                 providers=self.providers,
             )
@@ -127,4 +127,6 @@ def evaluate(loss, ctx: LossContext) -> torch.Tensor:
 
 def mean_similarity(guide, image_embeds: list, text_embeds: list) -> torch.Tensor:
     """(N, P) cosine similarity, ensemble-weighted; selection only, so no gradient."""
-    return ensemble_mean(guide.weights, lambda e, t: e.detach() @ t.T, image_embeds, text_embeds)
+    return ensemble_mean(
+        guide.model_weights, lambda e, t: e.detach() @ t.T, image_embeds, text_embeds
+    )

@@ -230,9 +230,6 @@ def resolve_all_pretrained(cfg):
     return OmegaConf.create(container)
 
 
-resolve_all_weights = resolve_all_pretrained  # the name render.py and tools/bench.py import
-
-
 # ---------------------------------------------------------------- configs that say `weights:`
 
 KEY, OLD_KEY = "pretrained", "weights"

@@ -109,7 +109,7 @@ def embed_targets(run: Run) -> list:
     prompts, size = run.schedule.prompts, run.guide.input_size
     texts = [p.text for p in prompts if not p.is_image]
     text_embeds = run.guide.encode_text(texts) if texts else None
-    per_model, t = [[] for _ in run.guide.weights], 0
+    per_model, t = [[] for _ in run.guide.model_weights], 0
     for prompt in prompts:
         if prompt.is_image:
             device = next(iter(run.generator.theta())).device
@@ -143,7 +143,7 @@ def apply_init(cfg: DictConfig, run: Run) -> dict:
 
 
 def load_init_image(init: DictConfig, size: tuple[int, int]):
-    """(1, 3, H, W) in [0, 1] or None; `init.blur` softens an edited image (seed 001's surgery)."""
+    """(1, 3, H, W) in [0, 1] or None; `init.blur` softens an edited image (the Doorways post's surgery; docs/references.md)."""
     from hydra.utils import instantiate
 
     from genart.images import load_image
@@ -310,9 +310,9 @@ def resume_from_checkpoint(run: Run) -> None:
 
 def render(cfg: DictConfig, run_dir: Path, meta: dict | None = None, resume: bool = False) -> float:
     """Render one image into `run_dir`; return its score (higher is better)."""
-    from genart.pretrained import resolve_all_weights
+    from genart.pretrained import resolve_all_pretrained
 
-    cfg = resolve_all_weights(cfg)
+    cfg = resolve_all_pretrained(cfg)
     run = Run(run_dir=Path(run_dir), config=OmegaConf.to_container(cfg), meta=meta or {})
     build(cfg, run)
     init = apply_init(cfg, run)
@@ -344,8 +344,9 @@ def finish(cfg: DictConfig, run: Run, targets: list) -> float:
     }
     save_png(image, run.run_dir / "final.png", text)
     score = score_image(run, image, targets, cfg.steps - 1, cfg.score.views, cfg.score.seed)
-    for callback in run.callbacks:
-        callback.on_end({"step": run.step, "score": score, "image": lambda: image})
+    report = {"step": run.step, "score": score, "image": lambda: image}
+    for callback in run.callbacks:  # one dict: each may add what later ones read (video, totals)
+        callback.on_end(report)
     write_result(run.run_dir, cfg, run.meta, "ok", score=score, env=run.env)
     return score
 

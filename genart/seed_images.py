@@ -1,4 +1,4 @@
-"""Seed images made in code, used as init images (seed 001's Mars / Luna airlock seed)."""
+"""Seed images made in code, used as init images (the Doorways post's Mars / Luna airlock seed; docs/references.md)."""
 
 from __future__ import annotations
 

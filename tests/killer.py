@@ -1,7 +1,7 @@
 """Test-only: a callback that kills its own process (SIGKILL, as the OOM killer does) mid-run.
 
 Used from the command line, where targets are trusted:
-`+logger._target_=tests.killer.KillAtStep +logger.seed='${seed}' +logger.victim=2`.
+`+callbacks.killer._target_=tests.killer.KillAtStep +callbacks.killer.seed='${seed}' +callbacks.killer.victim=2`.
 """
 
 from __future__ import annotations

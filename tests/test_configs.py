@@ -85,7 +85,7 @@ def check_built(group: str, built, node) -> None:
     elif group == "guide":
         s = built.input_size
         images, texts = built.encode_image(torch.rand(2, 3, s, s)), built.encode_text(["a", "b c"])
-        assert len(images) == len(texts) == len(built.weights) == len(node.models)
+        assert len(images) == len(texts) == len(built.model_weights) == len(node.models)
         for e, t in zip(images, texts, strict=True):
             assert e.shape == (2, t.shape[1]) and t.shape[0] == 2
             assert torch.allclose(e.norm(dim=-1), torch.ones(2), atol=1e-4)

@@ -55,7 +55,7 @@ def test_every_guide_config_builds_and_embeds(name):
     guide = build_guide(name)
     pixels = torch.rand(2, 3, guide.input_size, guide.input_size)
     images, texts = guide.encode_image(pixels), guide.encode_text(["a red door", "a cave"])
-    assert len(images) == len(texts) == len(guide.names) == len(guide.weights)
+    assert len(images) == len(texts) == len(guide.names) == len(guide.model_weights)
     for image, text in zip(images, texts, strict=True):
         assert image.shape == (2, text.shape[1]) and text.shape[0] == 2
         torch.testing.assert_close(image.norm(dim=-1), torch.ones(2))
@@ -131,7 +131,7 @@ def test_text_cache_is_result_neutral(tiny):
 def test_ensemble_of_one_equals_the_model(tiny):
     guide = Guide({"tiny": tiny})
     pixels = torch.rand(4, 3, 64, 64)
-    assert guide.names == ["tiny"] and guide.weights == [1.0] and guide.input_size == 64
+    assert guide.names == ["tiny"] and guide.model_weights == [1.0] and guide.input_size == 64
     assert torch.equal(guide.encode_image(pixels)[0], tiny.encode_image(pixels))
     assert torch.equal(guide.encode_text(["x"])[0], tiny.encode_text(["x"]))
 

@@ -125,3 +125,21 @@ def test_a_single_node_of_another_class_names_the_new_form():
     with pytest.raises(UserError, match=r"logger\.<name>\._target_") as caught:
         upgrade_config(cfg)
     assert "\n" not in str(caught.value)
+
+
+def test_an_old_refined_run_resumes_with_the_moved_size_weighting(tmp_path, capsys):
+    from genart.app import prepare_resume
+    from genart.safety import MOVED_TARGETS
+
+    run_dir = tmp_path / "old_refined_run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    saved = OmegaConf.to_container(compose([*TINY, "+refine=details", "init.image=x.png"]))
+    old = next(
+        k for k, v in MOVED_TARGETS.items() if v == saved["prompts"]["size_weighting"]["_target_"]
+    )
+    saved["prompts"]["size_weighting"]["_target_"] = old  # as a run saved before the move has it
+    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    resumed, _ = prepare_resume(compose([*TINY, f"resume={run_dir}"]), [f"resume={run_dir}"])
+    assert resumed.prompts.size_weighting._target_ == MOVED_TARGETS[old]
+    assert resumed.prompts.size_weighting.power == saved["prompts"]["size_weighting"]["power"]
+    assert f"prompts.size_weighting._target_ {old} is now" in capsys.readouterr().err

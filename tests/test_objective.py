@@ -109,7 +109,7 @@ def test_a_weight_0_loss_with_an_unmet_need_is_left_out_not_refused():
 def test_ensemble_similarity_averages_with_the_model_weights():
     e = [torch.eye(2), torch.eye(2).flip(0)]
     t = [torch.eye(2), torch.eye(2)]
-    sims = mean_similarity(SimpleNamespace(weights=[3.0, 1.0]), e, t)  # (N, P)
+    sims = mean_similarity(SimpleNamespace(model_weights=[3.0, 1.0]), e, t)  # (N, P)
     assert torch.allclose(sims, (3 * torch.eye(2) + torch.eye(2).flip(0)) / 4)
 
 

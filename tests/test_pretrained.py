@@ -220,7 +220,7 @@ def test_an_old_preset_composes_passes_the_checks_and_instantiates_once_upgraded
     cfg = W.resolve_all_pretrained(cfg)
     assert instantiate(cfg.generator)().shape == (1, 3, 32, 64)
     guide = instantiate(cfg.guide)
-    assert guide.names == ["tiny"] and guide.weights == [1.0]
+    assert guide.names == ["tiny"] and guide.model_weights == [1.0]
     assert W.upgrade_weights_key(cfg) == []  # once moved, nothing left to move
 
 

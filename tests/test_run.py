@@ -369,7 +369,7 @@ def test_score_ignores_negative_prompts():
     targets_neg = torch.nn.functional.normalize(torch.randn(1, 8), dim=-1)
 
     class Guide:
-        weights = [1.0]
+        model_weights = [1.0]
 
         def encode_image(self, pixels):
             return [torch.nn.functional.normalize(pixels.flatten(1)[:, :8], dim=-1)]

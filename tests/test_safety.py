@@ -63,8 +63,8 @@ EVIL = {
     "unresolvable": ("x: {_target_: '${nowhere.to.be.found}'}", "cannot be resolved"),
     "dunder": ("x: {_target_: genart.errors.UserError.__init__}", "UserError.__init__"),
     "private": (
-        "x: {_target_: genart.tools.presets._git_commit}",
-        "genart.tools.presets._git_commit",
+        "x: {_target_: genart.tools.presets._safe_name}",
+        "genart.tools.presets._safe_name",
     ),
     "not_a_name": ("x: {_target_: {a: 1}}", "x._target_"),
 }

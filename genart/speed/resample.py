@@ -1,6 +1,6 @@
 """Anti-aliased, batched, differentiable resampling of many square crops of one image.
 
-The filter (unchanged since the first version, which called `torchvision.ops.roi_align`):
+The filter (equal to `torchvision.ops.roi_align` with sampling_ratio=-1 plus a prefilter):
 
 * a box filter whose width follows each crop's own shrink factor: every output pixel averages
   ceil(shrink)² bilinear samples, exactly `roi_align(..., sampling_ratio=-1, aligned=True)`;

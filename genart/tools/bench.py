@@ -72,10 +72,10 @@ def compose_config(s: dict, precision: str | None = None):
 def build_genart(s: dict, precision: str | None = None):
     """A built `Run`, objective included, and its config, as `genart.render.render` builds them
     without an init image."""
-    from genart.pretrained import resolve_all_weights
+    from genart.pretrained import resolve_all_pretrained
     from genart.render import Run, build, build_objective, embed_targets
 
-    cfg = resolve_all_weights(compose_config(s, precision))
+    cfg = resolve_all_pretrained(compose_config(s, precision))
     run = Run(run_dir=Path(tempfile.gettempdir()) / "genart-bench", config={}, meta={})  # unused
     build(cfg, run)
     run.objective = build_objective(run, embed_targets(run), {})

@@ -1,4 +1,4 @@
-"""The plain loop the benchmark measures genart against (issue 5), kept apart from genart's code.
+"""The plain loop the benchmark measures genart against, kept apart from genart's code.
 
 VQGAN+CLIP the way nerdyrodent/VQGAN-CLIP's generate.py writes it: fp32, a Python loop of
 per-crop resamples, CLIP frozen, VQGAN weights left requiring grad as the issue specifies
