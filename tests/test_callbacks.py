@@ -184,3 +184,23 @@ def test_wandb_without_video_or_totals_logs_neither(tmp_path):
     assert fake.logged == {}
     callback.on_abort()
     assert fake.finished == 1
+
+
+class LastWord(Callback):
+    """Keeps the end report it was handed, as a logger after the others sees it."""
+
+    reports: list = []
+
+    def on_end(self, state: dict) -> None:
+        LastWord.reports.append(dict(state))
+
+
+def test_a_whole_run_hands_the_video_and_totals_to_the_loggers_after_them(tmp_path):
+    from tests.conftest import run_tiny
+
+    LastWord.reports.clear()
+    run_tiny(tmp_path, ["steps=2", "save_every=1", f"+logger.last._target_={__name__}.LastWord"])
+    (report,) = LastWord.reports
+    assert report["video"] == tmp_path / "trajectory.mp4" and report["video"].exists()
+    assert report["best_match_totals"][0] == ["prompt", "views_won", "share"]
+    assert report["step"] == 2 and report["score"] == report["score"]  # a number, not NaN
