@@ -236,13 +236,13 @@ def current_image(run: Run):
 
     cache = []
 
-    def render():
+    def draw():
         if not cache:
             with torch.no_grad(), run.autocast():
                 cache.append(run.generator().float())
         return cache[0]
 
-    return render
+    return draw
 
 
 def optimise(cfg: DictConfig, run: Run) -> None:
@@ -258,9 +258,9 @@ def optimise(cfg: DictConfig, run: Run) -> None:
             save = done % cfg.save_every == 0 or done == cfg.steps
             if log or save:
                 check_finite(out, done, run)
-            state = {**out, "step": done, "log": log, "save": save, "image": current_image(run)}
+            report = {**out, "step": done, "log": log, "save": save, "image": current_image(run)}
             for callback in run.callbacks:
-                callback.on_step(state)
+                callback.on_step(report)
             bar.update(1)
             if log:
                 bar.set_postfix(loss=f"{float(out['total'].detach()):.4f}")

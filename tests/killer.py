@@ -19,8 +19,8 @@ class KillAtStep(Callback):
     def __init__(self, seed: int, victim: int, step: int = 0) -> None:
         self.doomed, self.step = seed == victim, step
 
-    def on_step(self, state: dict) -> None:
-        if self.doomed and state["step"] >= self.step:
+    def on_step(self, report: dict) -> None:
+        if self.doomed and report["step"] >= self.step:
             os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -36,12 +36,12 @@ class Recorder(Callback):
         self.run = run
         self.seen.start = current_image(run)().detach().clone()
 
-    def on_step(self, state: dict) -> None:
-        if state["save"]:
-            self.seen.frames[state["step"]] = state["image"]().detach().clone()
+    def on_step(self, report: dict) -> None:
+        if report["save"]:
+            self.seen.frames[report["step"]] = report["image"]().detach().clone()
 
-    def on_end(self, state: dict) -> None:
-        self.seen.final = state["image"]().detach().clone()
+    def on_end(self, report: dict) -> None:
+        self.seen.final = report["image"]().detach().clone()
         self.seen.theta = [p.detach().clone() for p in self.run.generator.theta()]
 
 

@@ -1,5 +1,5 @@
 """The callbacks and logger groups: which callbacks a config builds, in which order, and what they
-hand each other (through the state, never through each other's files)."""
+hand each other (through the report, never through each other's files)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ class Fails(Callback):
 
     aborted = False
 
-    def on_step(self, state: dict) -> None:
+    def on_step(self, report: dict) -> None:
         raise RuntimeError("a callback failed")
 
     def on_abort(self) -> None:
@@ -109,18 +109,18 @@ def test_the_video_of_a_resumed_run_holds_the_frames_saved_before_the_kill(tmp_p
     resumed.on_start(fake_run(tmp_path, 2))  # the checkpoint of step 2
     for step in (4, 6):
         save_step(resumed, step)
-    state = {"step": 6}
-    resumed.on_end(state)
-    assert state["video"] == tmp_path / "trajectory.mp4"
-    assert video_frames(state["video"]) == 3  # steps 2, 4, 6: each once
+    report = {"step": 6}
+    resumed.on_end(report)
+    assert report["video"] == tmp_path / "trajectory.mp4"
+    assert video_frames(report["video"]) == 3  # steps 2, 4, 6: each once
 
 
 def test_a_run_without_frames_writes_no_video(tmp_path):
     callback = FramesCallback()
     callback.on_start(fake_run(tmp_path, 0))
-    state = {"step": 0}
-    callback.on_end(state)
-    assert "video" not in state and not (tmp_path / "trajectory.mp4").exists()
+    report = {"step": 0}
+    callback.on_end(report)
+    assert "video" not in report and not (tmp_path / "trajectory.mp4").exists()
 
 
 def test_stats_hands_its_best_match_totals_to_the_callbacks_after_it(tmp_path):
@@ -130,9 +130,9 @@ def test_stats_hands_its_best_match_totals_to_the_callbacks_after_it(tmp_path):
     stats.on_start(run)
     for step, prompt, won in ((1, "a", 3), (1, "b", 1), (2, "a", 2)):
         append_csv(stats.dir / "best_match.csv", {"step": step, "prompt": prompt, "views_won": won})
-    state = {"step": 2}
-    stats.on_end(state)
-    assert state["best_match_totals"] == [
+    report = {"step": 2}
+    stats.on_end(report)
+    assert report["best_match_totals"] == [
         ["prompt", "views_won", "share"],
         ["a", 5, "0.8333"],
         ["b", 1, "0.1667"],
@@ -191,8 +191,8 @@ class LastWord(Callback):
 
     reports: list = []
 
-    def on_end(self, state: dict) -> None:
-        LastWord.reports.append(dict(state))
+    def on_end(self, report: dict) -> None:
+        LastWord.reports.append(dict(report))
 
 
 def test_a_whole_run_hands_the_video_and_totals_to_the_loggers_after_them(tmp_path):

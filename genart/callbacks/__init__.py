@@ -2,7 +2,7 @@
 
 They come from two config groups, each a dict of named `_target_`s (`callbacks`, then `logger`),
 built in that order; `callbacks.stats=null` switches one off. A callback shares what it made with
-the ones after it by adding it to the state it receives (`state["video"]`), never through each
+the ones after it by adding it to the report it receives (`report["video"]`), never through each
 other's files.
 """
 
@@ -16,16 +16,16 @@ GROUPS = ("callbacks", "logger")  # built in this order: loggers see what the ca
 
 
 class Callback:
-    """on_start(run) once, on_step(state) after every step, on_end(state) after the last, and
+    """on_start(run) once, on_step(report) after every step, on_end(report) after the last, and
     on_abort() instead of on_end when the run stops with an error."""
 
     def on_start(self, run) -> None:
         pass
 
-    def on_step(self, state: dict) -> None:
+    def on_step(self, report: dict) -> None:
         pass
 
-    def on_end(self, state: dict) -> None:
+    def on_end(self, report: dict) -> None:
         pass
 
     def on_abort(self) -> None:

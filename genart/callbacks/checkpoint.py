@@ -1,6 +1,6 @@
 """checkpoint.pt (θ, the updater's state, step, RNG states, callbacks' state) so a killed run resumes exactly.
 
-Callbacks with `checkpoint_state(state)` / `load_checkpoint_state(saved)` (stats: positional sums,
+Callbacks with `checkpoint_state(report)` / `load_checkpoint_state(saved)` (stats: positional sums,
 best-match wins not yet written) are saved in the same file, so one atomic write keeps everything
 at one step; a kill between two files could leave them a save step apart.
 """
@@ -23,14 +23,14 @@ class CheckpointCallback(Callback):
         self.run = run
         self.path = Path(run.run_dir) / "checkpoint.pt"
 
-    def on_step(self, state: dict) -> None:
-        if state["save"]:
+    def on_step(self, report: dict) -> None:
+        if report["save"]:
             extra = {
-                type(cb).__name__: cb.checkpoint_state(state)
+                type(cb).__name__: cb.checkpoint_state(report)
                 for cb in self.run.callbacks
                 if hasattr(cb, "checkpoint_state")
             }
-            save_checkpoint(self.path, self.run.generator, self.run.updater, state["step"], extra)
+            save_checkpoint(self.path, self.run.generator, self.run.updater, report["step"], extra)
 
 
 def save_checkpoint(path: Path, generator, updater, step: int, callbacks: dict | None = None):

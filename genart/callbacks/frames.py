@@ -13,7 +13,7 @@ from genart.images import save_png
 
 class FramesCallback(Callback):
     """Save frames, then encode the ones it saved (a resumed run's too) into an MP4 (imageio-ffmpeg:
-    fast, unlike GIF). Adds `state["video"]` (the MP4's path) for the callbacks after it."""
+    fast, unlike GIF). Adds `report["video"]` (the MP4's path) for the callbacks after it."""
 
     def __init__(self, fps: int = 10):
         self.fps = fps
@@ -28,15 +28,15 @@ class FramesCallback(Callback):
             if p.stem.isdigit() and int(p.stem) <= run.start_step
         }
 
-    def on_step(self, state: dict) -> None:
-        if state["save"]:
-            path = self.dir / f"{state['step']:05d}.png"
-            save_png(state["image"](), path)
-            self.saved[state["step"]] = path
+    def on_step(self, report: dict) -> None:
+        if report["save"]:
+            path = self.dir / f"{report['step']:05d}.png"
+            save_png(report["image"](), path)
+            self.saved[report["step"]] = path
 
-    def on_end(self, state: dict) -> None:
+    def on_end(self, report: dict) -> None:
         if write_video([self.saved[step] for step in sorted(self.saved)], self.video, self.fps):
-            state["video"] = self.video
+            report["video"] = self.video
 
 
 def write_video(frames: list[Path], path: Path, fps: int) -> bool:

@@ -39,37 +39,37 @@ class StatsCallback(Callback):
         truncate_csv(self.dir / "losses.csv", run.start_step)
         truncate_csv(self.dir / "best_match.csv", logged)
 
-    def on_step(self, state: dict) -> None:
-        self._observe(state)
+    def on_step(self, report: dict) -> None:
+        self._observe(report)
 
-    def on_end(self, state: dict) -> None:
-        """Adds `state["best_match_totals"]` (header row, then one row per prompt) when it has one."""
+    def on_end(self, report: dict) -> None:
+        """Adds `report["best_match_totals"]` (header row, then one row per prompt) when it has one."""
         self._flush_wins()  # positional.csv was written at the last step, always a save step
         totals = self._write_totals()
         if totals:
-            state["best_match_totals"] = totals
+            report["best_match_totals"] = totals
 
-    def _observe(self, state: dict) -> None:
-        """Once per step, whichever asks first: the checkpoint (for this step's state) or the loop."""
-        if state["step"] == self.observed:
+    def _observe(self, report: dict) -> None:
+        """Once per step, whichever asks first: the checkpoint (for this step's report) or the loop."""
+        if report["step"] == self.observed:
             return
-        self.observed = state["step"]
-        self._accumulate(state)
-        if state["log"]:
-            self._write_losses(state)
+        self.observed = report["step"]
+        self._accumulate(report)
+        if report["log"]:
+            self._write_losses(report)
             self._flush_wins()
-        if state["save"]:
+        if report["save"]:
             self._write_positional()
 
     # -- accumulation (on device) -------------------------------------------------------------
-    def _accumulate(self, state: dict) -> None:
-        views, W = state["views"], state["W"].detach()
+    def _accumulate(self, report: dict) -> None:
+        views, W = report["views"], report["W"].detach()
         detail = ~views.composition
-        if state["winners"] is not None:
-            won = state["winners"][detail]
-            self.wins.append((state["step"], torch.bincount(won, minlength=len(self.texts))))
-            if self.select == "all" and state.get("sims") is not None:
-                self.best_views.append((state["step"], state["sims"][detail].argmax(0)))
+        if report["winners"] is not None:
+            won = report["winners"][detail]
+            self.wins.append((report["step"], torch.bincount(won, minlength=len(self.texts))))
+            if self.select == "all" and report.get("sims") is not None:
+                self.best_views.append((report["step"], report["sims"][detail].argmax(0)))
         bins = ((views.centres[detail, 0] + 1) / 2 * self.x_bins).long().clamp(0, self.x_bins - 1)
         if self.pos_sum is None:
             self.pos_sum = W.new_zeros(self.x_bins, W.shape[1])
@@ -78,9 +78,9 @@ class StatsCallback(Callback):
         self.pos_count.index_add_(0, bins, torch.ones_like(bins, dtype=W.dtype))
 
     # -- resume -------------------------------------------------------------------------------
-    def checkpoint_state(self, state: dict) -> dict:
+    def checkpoint_state(self, report: dict) -> dict:
         """After this step: positional sums and the wins not yet in best_match.csv."""
-        self._observe(state)
+        self._observe(report)
         cpu = (lambda t: None) if self.pos_sum is None else (lambda t: t.cpu())
         return {
             "sum": cpu(self.pos_sum),
@@ -121,19 +121,21 @@ class StatsCallback(Callback):
         path = self.dir / "positional_state.pt"
         if not path.exists():
             return step
-        state = load_untrusted(path, "statistics file")
+        saved_stats = load_untrusted(path, "statistics file")
         try:
-            if state["step"] == step:
-                pos = check_positional(state["sum"], state["count"], self.x_bins, len(self.texts))
+            if saved_stats["step"] == step:
+                pos = check_positional(
+                    saved_stats["sum"], saved_stats["count"], self.x_bins, len(self.texts)
+                )
                 self.pos_sum, self.pos_count = (t.to(device) for t in pos)
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as err:
             raise unreadable(path, "statistics file", f"it does not fit this run ({err})") from None
         return step
 
     # -- writing ------------------------------------------------------------------------------
-    def _write_losses(self, state: dict) -> None:
-        terms = {k: float(v.detach()) for k, v in state["terms"].items()}
-        row = {"step": state["step"], "total": float(state["total"].detach()), **terms}
+    def _write_losses(self, report: dict) -> None:
+        terms = {k: float(v.detach()) for k, v in report["terms"].items()}
+        row = {"step": report["step"], "total": float(report["total"].detach()), **terms}
         append_csv(self.dir / "losses.csv", row)
 
     def _flush_wins(self) -> None:

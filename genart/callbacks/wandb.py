@@ -2,7 +2,7 @@
 
 Logs the resolved config, every loss term and an image every `log_every` steps, then the final
 image, the score, and the trajectory video and best-match table that the callbacks before it put
-in the end state. The run's W&B identity (id,
+in the end report. The run's W&B identity (id,
 name, group, tags) is kept in `wandb_run.json` when it starts, so a resume continues the same W&B
 run in its sweep group, whatever the `resume=…` command looked like.
 """
@@ -52,39 +52,39 @@ class WandbCallback(Callback):
             **identity,
         )
 
-    def on_step(self, state: dict) -> None:
-        if not state["log"]:
+    def on_step(self, report: dict) -> None:
+        if not report["log"]:
             return
-        row = {f"loss/{k}": float(v.detach()) for k, v in state["terms"].items()}
-        row["loss/total"] = float(state["total"].detach())
+        row = {f"loss/{k}": float(v.detach()) for k, v in report["terms"].items()}
+        row["loss/total"] = float(report["total"].detach())
         if self.log_images:
             from genart.images import to_pil
 
             row["image"] = self.wandb.Image(
-                to_pil(state["image"]()), caption=f"step {state['step']}"
+                to_pil(report["image"]()), caption=f"step {report['step']}"
             )
-        self.run.log(row, step=state["step"])
+        self.run.log(row, step=report["step"])
 
     def on_abort(self) -> None:
         self.run.finish(exit_code=1)
 
-    def on_end(self, state: dict) -> None:
-        """The final image and score, and what the callbacks before it added to the state: the
+    def on_end(self, report: dict) -> None:
+        """The final image and score, and what the callbacks before it added to the report: the
         trajectory video (`video`) and the best-match table (`best_match_totals`)."""
         from genart.images import to_pil
 
-        step = state["step"]
-        if state.get("video") is not None:
+        step = report["step"]
+        if report.get("video") is not None:
             self.run.log(
-                {"trajectory": self.wandb.Video(str(state["video"]), format="mp4")}, step=step
+                {"trajectory": self.wandb.Video(str(report["video"]), format="mp4")}, step=step
             )
-        totals = state.get("best_match_totals")
+        totals = report.get("best_match_totals")
         if totals:
             self.run.log(
                 {"best_match": self.wandb.Table(columns=totals[0], data=totals[1:])}, step=step
             )
-        final = self.wandb.Image(to_pil(state["image"]()), caption="final")
-        self.run.summary.update({"score": state.get("score"), "final_image": final})
+        final = self.wandb.Image(to_pil(report["image"]()), caption="final")
+        self.run.summary.update({"score": report.get("score"), "final_image": final})
         self.run.finish()
 
 
