@@ -3,7 +3,8 @@
 Detail crops follow Crowson's MakeCutouts (VQGAN+CLIP): square crops whose side is
 rand**cut_pow between cut_size and the image's short side, kornia augmentations, per-view
 noise. Mirrored pairs are the semantic-symmetry cutouts of the Doorways post; composition
-windows are the zoomed-out whole-image views of the Malazan post (Doorways, Malazan;
+windows are the zoomed-out whole-image views of the Malazan post; pooled views are
+nerdyrodent/VQGAN-CLIP's default ("latest") cut method (Doorways, Malazan, nerdyrodent;
 docs/references.md). Anti-aliased, batched resampling lives in `genart.speed.resample`. All
 randomness comes from the global torch RNG (kornia samples from it too), so a seeded run sees the
 same views.
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genart.errors import UserError
@@ -289,3 +291,47 @@ class Cutouts(nn.Module):
         pixels = torch.cat([a, b if self.flip_right else b.flip(-1)])
         pair = torch.cat([torch.arange(k) + k, torch.arange(k)])
         return crop_views(pixels, boxes, h, w, pair)
+
+
+def pool_whole(image: Tensor, size: int) -> Tensor:
+    """image (1, 3, H, W) → (1, 3, S, S): the mean of adaptive average and max pooling."""
+    return (F.adaptive_avg_pool2d(image, size) + F.adaptive_max_pool2d(image, size)) / 2
+
+
+class PooledCutouts(Cutouts):
+    """cutn copies of the whole image, pooled to cut_size, augmented, noised: nerdyrodent's
+    default "latest" cut method (nerdyrodent; docs/references.md).
+
+    No crops, so every view is centred, of size 1 and unpaired. The noise is added unclamped, as
+    the reference adds it: views may leave [0, 1] by a few noise stds. `set_precision` changes
+    nothing here: the pooling is one pass over the image, not a per-view product.
+    """
+
+    def __init__(
+        self,
+        cutn: int,
+        cut_size: int | None = None,
+        augmentations: Sequence[nn.Module] | None = None,
+        noise: float = 0.0,
+        mirrored: bool = False,
+    ):
+        if mirrored:
+            raise UserError(
+                "cutouts.mirrored is true with cutouts=pooled, whose views are all the whole "
+                "image: none has a mirrored partner. Use cutouts=mirrored for mirrored pairs."
+            )
+        super().__init__(cutn, cut_size, augmentations=augmentations, noise=noise)
+
+    def plain_views(self, image: Tensor, size: int) -> Views:
+        """cutn augmented copies of the pooled whole image (N, 3, S, S)."""
+        pixels = augment(pool_whole(image, size).repeat(self.cutn, 1, 1, 1), self.augmentations)
+        if self.noise > 0:
+            pixels = pixels + sample_noise(pixels, self.noise)
+        n, device = self.cutn, image.device
+        return Views(
+            pixels,
+            torch.zeros(n, 2, device=device),
+            torch.ones(n, device=device),
+            torch.full((n,), -1, dtype=torch.long, device=device),
+            torch.zeros(n, dtype=torch.bool, device=device),
+        )

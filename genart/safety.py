@@ -33,6 +33,7 @@ ALLOWED_TARGETS = frozenset(
         "genart.callbacks.wandb.WandbCallback",
         "genart.cutouts.CompositionWindows",
         "genart.cutouts.Cutouts",
+        "genart.cutouts.PooledCutouts",
         "genart.generators.pixels.PixelGenerator",
         "genart.generators.vqgan.VQGANGenerator",
         "genart.guides.CLIPModel",

@@ -357,7 +357,7 @@ def test_views_cat_moves_partner_indices():
 # --- configs ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["standard", "mirrored", "composition"])
+@pytest.mark.parametrize("name", ["standard", "mirrored", "composition", "pooled"])
 def test_yaml_configs_instantiate_with_kornia_augmentations(name):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
@@ -371,7 +371,7 @@ def test_yaml_configs_instantiate_with_kornia_augmentations(name):
         "ColorJitter",
         "RandomErasing",
     ]
-    assert cutouts.mirrored == (name != "standard")
+    assert cutouts.mirrored == (name in ("mirrored", "composition"))
     assert (cutouts.composition is not None) == (name == "composition")
     torch.manual_seed(0)
     views = cutouts(torch.rand(1, 3, 48, 64), step=0)

@@ -1,11 +1,11 @@
 """The plain loop the benchmark measures genart against, kept apart from genart's code.
 
-VQGAN+CLIP the way nerdyrodent/VQGAN-CLIP's generate.py writes it: fp32, a Python loop of
-per-crop resamples, CLIP frozen, VQGAN weights left requiring grad as the issue specifies
-(generate.py's own loader freezes them: `frozen_vqgan=True` times that too), Adam on z, nothing
-else. It computes genart's function (same crop filter, augmentations and straight-through clamp
-of the noisy views), so that the bench's parity check can hold. Its straight-through helpers are
-deliberate twins of genart's: the parity check compares two independent implementations.
+nerdyrodent/VQGAN-CLIP's generate.py step at its defaults, written out (nerdyrodent;
+docs/references.md): fp32, both models frozen (`eval().requires_grad_(False)`), straight-through
+quantisation, the "latest" cutouts (the whole image pooled cutn times, augments Af Pe Ji Er,
+unclamped per-view noise), one Prompt, Adam on z, z clamped to the codebook range. Its
+straight-through helpers are deliberate twins of genart's: the parity check compares two
+independent implementations.
 """
 
 from __future__ import annotations
@@ -13,6 +13,20 @@ from __future__ import annotations
 import math
 
 RANGE = "genart/"  # profiler ranges, the same names genart.render uses
+
+
+def reference_augmentations() -> list:
+    """generate.py's default augments, Af Pe Ji Er, with its values."""
+    import kornia.augmentation as K
+
+    return [
+        K.RandomAffine(
+            degrees=15, translate=0.1, shear=5, p=0.7, padding_mode="zeros", keepdim=True
+        ),
+        K.RandomPerspective(distortion_scale=0.7, p=0.7),
+        K.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.1, p=0.7),
+        K.RandomErasing(scale=(0.1, 0.4), ratio=(0.3, 1 / 0.3), same_on_batch=True, p=0.7),
+    ]
 
 
 def plain_classes():
@@ -47,22 +61,23 @@ def plain_classes():
 class PlainLoop:
     """VQGAN+CLIP the way generate.py writes it: synth, MakeCutouts, Prompt, Adam on z."""
 
-    def __init__(self, cfg, vqgan, clip, mean, std, tokenizer, frozen_vqgan: bool = False):
+    def __init__(self, cfg, vqgan, clip, mean, std, tokenizer):
         import torch
-        from hydra.utils import instantiate
         from torch import nn
 
         self.replace_grad, self.clamp_with_grad = plain_classes()
         self.vqgan, self.clip, self.mean, self.std = vqgan, clip, mean, std
-        self.vqgan.requires_grad_(not frozen_vqgan)  # the issue's reference leaves it unfrozen
+        self.vqgan.eval().requires_grad_(False)
         self.clip.eval().requires_grad_(False)
         self.codebook = vqgan.quantize.embedding.weight
         self.z_min = self.codebook.amin(0)[None, :, None, None]
         self.z_max = self.codebook.amax(0)[None, :, None, None]
-        self.cutn, self.cut_pow = cfg.cutouts.cutn, cfg.cutouts.cut_pow
-        self.cut_size, self.noise_fac = max(clip.visual.image_size), cfg.cutouts.noise
-        self.augs = nn.Sequential(*instantiate(cfg.cutouts.augmentations))
-        self.kernel = torch.tensor([1.0, 2.0, 1.0]).outer(torch.tensor([1.0, 2.0, 1.0])) / 16
+        self.cutn, self.noise_fac = cfg.cutouts.cutn, cfg.cutouts.noise
+        cut_size = max(clip.visual.image_size)
+        self.av_pool = nn.AdaptiveAvgPool2d((cut_size, cut_size))
+        self.max_pool = nn.AdaptiveMaxPool2d((cut_size, cut_size))
+        # an empty cutouts.augmentations switches them off in both loops (the bench's parity)
+        self.augs = nn.Sequential(*(reference_augmentations() if cfg.cutouts.augmentations else []))
         with torch.no_grad():
             self.embed = clip.encode_text(tokenizer([cfg.prompts.text])).float()  # (1, D)
         factor = 2 ** (len(cfg.generator.ddconfig.ch_mult) - 1)
@@ -95,51 +110,11 @@ class PlainLoop:
             self.vqgan.decoder(self.vqgan.post_quant_conv(z_q)).add(1).div(2), 0, 1
         )
 
-    def blur(self, image):
-        """[1, 2, 1]² / 16 prefilter with reflected edges, as one depthwise convolution."""
-        import torch.nn.functional as F
-
-        padded = F.pad(image, (1, 1, 1, 1), mode="reflect")
-        return F.conv2d(padded, self.kernel.expand(3, 1, 3, 3).to(image), groups=3)
-
-    def resample(self, image, soft, x1: int, y1: int, side: int):
-        """One crop to cut_size²: a box filter of ceil(shrink)² bilinear samples per pixel, blended
-        with the same from the blurred image by clamp(shrink − 1, 0, 1) (genart's filter)."""
-        import torch
-        import torch.nn.functional as F
-
-        height, width = image.shape[2:]
-        g = math.ceil(side / self.cut_size)  # samples per output pixel and axis
-        t = (torch.arange(self.cut_size * g, dtype=image.dtype) + 0.5) * (
-            side / (self.cut_size * g)
-        )
-        ys, xs = torch.meshgrid((y1 + t) * 2 / height - 1, (x1 + t) * 2 / width - 1, indexing="ij")
-        grid = torch.stack([xs, ys], dim=-1)[None]  # (1, S·g, S·g, 2) as (x, y) in [-1, 1]
-
-        def sample(source):
-            out = F.grid_sample(source, grid, "bilinear", "border", align_corners=False)
-            return F.avg_pool2d(out, g)
-
-        sharp, alpha = sample(image), min(max(side / self.cut_size - 1, 0.0), 1.0)
-        return sharp + alpha * (sample(soft) - sharp) if alpha > 0 else sharp
-
-    def make_cutouts(self, image, boxes=None, params=None, noise=None):
-        """cutn crops one by one, augmented, noised; boxes/params/noise may be given (parity)."""
+    def make_cutouts(self, image, params=None, noise=None):
+        """cutn pooled copies of the whole image, augmented, noised; params/noise may be given."""
         import torch
 
-        side_y, side_x = image.shape[2:]
-        max_size, min_size = min(side_x, side_y), min(side_x, side_y, self.cut_size)
-        soft, cutouts = self.blur(image), []
-        for i in range(self.cutn):
-            if boxes is None:
-                size = int(torch.rand([]) ** self.cut_pow * (max_size - min_size) + min_size)
-                x1 = int(torch.randint(0, side_x - size + 1, ()))
-                y1 = int(torch.randint(0, side_y - size + 1, ()))
-            else:
-                x1, y1, size = (
-                    int(v) for v in (boxes[i, 0], boxes[i, 1], boxes[i, 2] - boxes[i, 0])
-                )
-            cutouts.append(self.resample(image, soft, x1, y1, size))
+        cutouts = [(self.av_pool(image) + self.max_pool(image)) / 2 for _ in range(self.cutn)]
         batch = torch.cat(cutouts)
         for k, aug in enumerate(self.augs):
             batch = aug(batch) if params is None else aug(batch, params=params[k])
@@ -148,7 +123,6 @@ class PlainLoop:
                 facs = batch.new_empty([self.cutn, 1, 1, 1]).uniform_(0, self.noise_fac)
                 noise = facs * torch.randn_like(batch)
             batch = batch + noise
-            batch = batch + (batch.clamp(0, 1) - batch).detach()  # genart keeps views in [0, 1]
         return batch
 
     def prompt_loss(self, image_embeds):
@@ -161,7 +135,7 @@ class PlainLoop:
         dists = a.sub(b).norm(dim=2).div(2).arcsin().pow(2).mul(2)
         return self.replace_grad(dists, torch.maximum(dists, torch.tensor(-math.inf))).mean()
 
-    def step(self, i: int, boxes=None, params=None, noise=None):
+    def step(self, i: int, params=None, noise=None):
         import torch
         from torch.profiler import record_function
 
@@ -169,7 +143,7 @@ class PlainLoop:
         with record_function(RANGE + "generator"):
             out = self.synth(self.z)
         with record_function(RANGE + "cutouts"):
-            batch = self.make_cutouts(out, boxes, params, noise)
+            batch = self.make_cutouts(out, params, noise)
         with record_function(RANGE + "guide"):
             embeds = self.clip.encode_image((batch - self.mean) / self.std).float()
         with record_function(RANGE + "losses"):
@@ -182,7 +156,7 @@ class PlainLoop:
         return loss
 
 
-def build_plain(cfg, frozen_vqgan: bool = False, clip_state: dict | None = None) -> PlainLoop:
+def build_plain(cfg, clip_state: dict | None = None) -> PlainLoop:
     """The plain loop on freshly built models of the same architectures (random weights)."""
     import torch
     from hydra.utils import instantiate
@@ -202,4 +176,4 @@ def build_plain(cfg, frozen_vqgan: bool = False, clip_state: dict | None = None)
     # generate.py runs OpenAI's clip package, whose ViT is sequence-first; open_clip's stock
     # batch-first layout would make this loop slower than the reference it stands for.
     use_sequence_first(model.model.visual.transformer)
-    return PlainLoop(cfg, vqgan, model.model, model.mean, model.std, model.tokenizer, frozen_vqgan)
+    return PlainLoop(cfg, vqgan, model.model, model.mean, model.std, model.tokenizer)
