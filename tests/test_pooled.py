@@ -12,13 +12,13 @@ from hydra.utils import instantiate
 from genart.cutouts import PooledCutouts
 from genart.errors import UserError
 from genart.tools import bench
-from genart.tools.plain_loop import build_plain, reference_augmentations
+from genart.tools.plain_loop import PlainLoop, build_plain, reference_augmentations
 from tests.conftest import compose
 
 TINY = {
     "steps": 1,
     "warmup": 0,
-    "size": [64, 64],
+    "size": [96, 80],  # larger than clip_tiny's 64: the pooling shrinks, and squashes the aspect
     "cutn": 8,
     "precision": "bf16",
     "compile": False,
@@ -104,8 +104,12 @@ def test_pooled_cutouts_refuse_mirrored_pairs():
 
 
 def test_plain_loop_freezes_both_models():
+    """As generate.py loads them: eval().requires_grad_(False), whatever state they came in."""
     cfg = bench.compose_config(bench.pooled(TINY), "fp32")
-    plain = build_plain(cfg)
+    built = build_plain(cfg)
+    vqgan, clip = (m.train().requires_grad_(True) for m in (built.vqgan, built.clip))
+    tokenizer = next(iter(instantiate(cfg.guide).models.values())).tokenizer
+    plain = PlainLoop(cfg, vqgan, clip, built.mean, built.std, tokenizer)
     plain.step(0)
     models = [plain.vqgan, plain.clip]
     assert not any(m.training for model in models for m in model.modules())
