@@ -19,8 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from genart.checks import check_config, check_prompt_source
 from genart.errors import UserError
-from genart.files import replace_atomic
-from genart.moved_keys import upgrade_config
+from genart.files import replace_atomic, write_atomic
+from genart.moved_keys import saved_with_auto_precision, upgrade_config, upgrade_precision
 
 FAILED_STATUS = float("nan")  # what a failed job returns to sweepers
 
@@ -60,8 +60,11 @@ def run_job(cfg: DictConfig) -> float:
             meta = resumed_meta(run_dir, meta)
         else:
             check_prompt_source(cfg, HydraConfig.get().runtime.choices, meta["overrides"])
+            upgrade_old_preset_precision(cfg, meta["overrides"])
         cfg = upgrade_config(cfg, meta["overrides"])  # an old preset's logger node -> logger.wandb
         check_config(cfg)  # before weights are fetched or models built
+        if resumed is None:
+            record_run_info(run_dir, cfg)
         from genart.render import render
 
         score = render(cfg, run_dir, meta, resume=resumed is not None)
@@ -102,6 +105,49 @@ def one_thread_per_job(cfg: DictConfig) -> None:
     launcher = str(HydraConfig.get().launcher.get("_target_", "")).lower()
     if cfg.get("threads") is None and ("joblib" in launcher or "ray" in launcher):
         cfg.threads = 1
+
+
+def upgrade_old_preset_precision(cfg: DictConfig, overrides: list[str]) -> None:
+    """A preset saved before `presets save` froze the resolved precision says `precision: auto`
+    and was made when auto meant fp32 on CPU: it runs under that rule (moved_keys.LEGACY_AUTO),
+    unless the command line sets precision itself."""
+    if any(o.lstrip("+~").partition("=")[0] == "precision" for o in overrides):
+        return
+    preset = chosen_preset_file()
+    if preset is not None and saved_with_auto_precision(preset):
+        upgrade_precision(cfg, f"preset {preset}")
+
+
+def chosen_preset_file() -> Path | None:
+    """The file of the `+preset=` this job composed, found on Hydra's own search path."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from genart.safety import PRESET_GROUP, searchpath_dir
+
+    runtime = HydraConfig.get().runtime
+    name = runtime.choices.get(PRESET_GROUP)
+    if not name:
+        return None
+    for source in runtime.config_sources:
+        folder = searchpath_dir(f"{source.schema}://{source.path}") if source.path else None
+        path = folder / PRESET_GROUP / f"{name}.yaml" if folder else None
+        if path is not None and path.is_file():
+            return path
+    return None
+
+
+def record_run_info(run_dir: Path, cfg: DictConfig) -> None:
+    """run_info.json at the start: the precision the run resolved, read by a resume (a run without
+    it is from before auto chose bf16 on CPU) and by `presets save` of a run that never finished."""
+    from genart.runtime import pick_device
+    from genart.speed.precision import cpu_bf16, resolve_precision
+
+    info = {"precision": resolve_precision(cfg.precision, pick_device(cfg.device))}
+    info["cpu_bf16"] = cpu_bf16()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(
+        run_dir / "run_info.json", lambda part: part.write_text(json.dumps(info, indent=2))
+    )
 
 
 def as_user_error(err: BaseException) -> UserError | None:
@@ -212,6 +258,8 @@ def prepare_resume(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, P
             "with them instead."
         )
     refuse_failed_without_checkpoint(run_dir)
+    if not (run_dir / "run_info.json").is_file():
+        upgrade_precision(saved, f"run {run_dir}")
     for key in cfg.keys() - saved.keys():  # a part added since that run (updater): its default
         saved[key] = cfg[key]
     saved.resume = str(run_dir)

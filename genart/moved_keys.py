@@ -9,6 +9,9 @@ Two forms the old words come in, each with its table:
   `genart.pretrained.upgrade_weights_key` (a model node's `weights:` -> `pretrained:`), and
   `genart.safety.MOVED_TARGETS` (a class that moved module; a preset naming one is refused by the
   safety check, an old run's own config resumes with the new name).
+A value whose meaning changed: `precision: auto` (bf16 on CPUs with native bf16) in a saved preset
+or run that recorded no resolved precision, made with fp32 on CPU, becomes `auto_cpu_fp32`
+(`upgrade_precision`), so it keeps its pixels.
 No hydra and no torch at import: the command line is rewritten before anything heavy loads.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
@@ -33,6 +37,9 @@ MOVED = {
 FLAT_GROUPS = {
     "logger": {"genart.callbacks.wandb.WandbCallback": "wandb"},
 }
+
+LEGACY_AUTO = "auto_cpu_fp32"  # bf16 on CUDA GPUs with bf16, fp32 on every CPU
+SAVED_HEADER = "Saved by `python -m genart.presets save`"  # a saved preset's first note
 
 _OVERRIDE = re.compile(r"^(\+\+|\+|~)?([\w.]+)(@[\w.]*)?(=.*)?$", re.S)  # prefix, key, @pkg, =value
 
@@ -106,6 +113,33 @@ def upgrade_config(cfg: DictConfig, overrides: list[str] = ()) -> DictConfig:
         with open_dict(cfg):
             cfg[group] = nest_flat_node(items, name, keep)
     return cfg
+
+
+def upgrade_precision(cfg: DictConfig, source: str) -> None:
+    """`precision: auto` → `auto_cpu_fp32` in `source` (a saved preset or run that recorded no
+    resolved precision), whose pixels were made with fp32 on CPU."""
+    if cfg.get("precision") != "auto":
+        return
+    cfg.precision = LEGACY_AUTO
+    print(
+        f"genart: {source} was saved when precision=auto meant fp32 on CPU; running it with "
+        f"precision={LEGACY_AUTO} so it keeps its pixels (precision=auto for bf16 where it is native)",
+        file=sys.stderr,
+    )
+
+
+def saved_with_auto_precision(path: Path) -> bool:
+    """`path` is a preset `presets save` wrote that says `precision: auto`: save writes the
+    precision auto resolved to, so only a preset saved without a frozen precision says auto."""
+    import yaml
+
+    try:
+        text = path.read_text()
+        comments = [line for line in text.splitlines() if line.startswith("#")]
+        values = yaml.safe_load(text) if any(SAVED_HEADER in c for c in comments[:2]) else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(values, dict) and values.get("precision") == "auto"
 
 
 def nest_flat_node(items: dict, name: str, keep: set[str] = frozenset()) -> dict:

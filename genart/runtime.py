@@ -127,12 +127,18 @@ def git_commit(path: Path | None = None) -> str:
 
 
 def environment(device: torch.device, precision: str, threads: int) -> dict:
-    """What decides the exact pixels of a run: recorded in result.json and in saved presets."""
+    """What decides the exact pixels of a run: recorded in result.json and in saved presets.
+
+    `cpu_bf16` is the CPU's bf16 capability (its units, and an ISA limit that held them back),
+    which decides what `precision=auto` became on CPU.
+    """
     import genart
+    from genart.speed.precision import cpu_bf16
 
     return {
         "device": str(device),
         "precision": precision,
+        "cpu_bf16": cpu_bf16(),
         "threads": threads,
         "torch": torch.__version__,
         "genart": genart.__version__,

@@ -115,6 +115,21 @@ def test_saved_preset_composes_to_the_run_config(conf: Path, tmp_path: Path) -> 
     assert "codebook" not in composed["generator"]  # starts from small.yaml, not big.yaml
 
 
+@pytest.mark.parametrize(("ran", "frozen"), [("bf16", "bf16"), ("fp32", "fp32"), (None, "auto")])
+def test_the_precision_auto_chose_is_frozen(ran, frozen, conf: Path, tmp_path: Path) -> None:
+    """auto depends on the CPU: the preset says what the run used, so genart.app never takes it
+    for one saved before saves froze it (those say auto); a run that recorded none stays auto."""
+    from genart.moved_keys import saved_with_auto_precision
+
+    make_run(conf, tmp_path / "run", ["+precision=auto"])
+    info = {"status": "ok", "device": "cpu", **({"precision": ran} if ran else {})}
+    (tmp_path / "run/result.json").write_text(json.dumps(info))
+    user = tmp_path / "user"
+    assert main(["save", str(tmp_path / "run"), "--name", "p", "--dir", str(user / "preset")]) == 0
+    assert compose_preset(conf, user, "p")["precision"] == frozen
+    assert saved_with_auto_precision(user / "preset/p.yaml") == (frozen == "auto")
+
+
 def test_deleted_keys_come_back_as_null(conf: Path, tmp_path: Path) -> None:
     job = make_run(conf, tmp_path / "run", ["~losses.edge"])
     user = tmp_path / "user"

@@ -54,6 +54,7 @@ def test_preset_from_a_joblib_job_reproduces_it_exactly(tmp_path):
     assert save.returncode == 0, save.stderr
     text = (presets / "preset/forest_test.yaml").read_text()
     assert text.startswith("# @package _global_") and "threads: 1" in text
+    assert "\nprecision: auto\n" not in text, "the precision auto chose is frozen"
     genart("+preset=forest_test")  # everything, models included, comes from the preset
     (lone,) = (tmp_path / "outputs").glob("2*/*")
     assert np.array_equal(job, np.asarray(Image.open(lone / "final.png")))

@@ -12,7 +12,10 @@ the hook runs under autocast instead (run.autocast_for).
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 
@@ -22,13 +25,63 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto` → bf16 on a CUDA device with bf16 support, else fp32 (CPU stays exact by default)."""
-    if precision == "auto":
-        cuda = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return "bf16" if cuda else "fp32"
+    """`auto` → bf16 where the device computes bf16 natively, else fp32.
+
+    Native: a CUDA device with bf16 support, or a CPU with AVX512-BF16 or AMX that ATen and
+    oneDNN may use (`cpu_bf16`). `auto_cpu_fp32`: bf16 on CUDA only, fp32 on every CPU (what
+    `auto` stands for in a saved preset or run that recorded no resolved precision).
+    """
+    if precision in ("auto", "auto_cpu_fp32"):
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        native = device.type == "cpu" and precision == "auto" and cpu_bf16()["native"]
+        return "bf16" if native else "fp32"
     if precision not in DTYPES:
-        raise UserError(f"precision={precision} is not known; use auto, fp32, bf16 or fp16.")
+        raise UserError(
+            f"precision={precision} is not known; use auto, fp32, bf16 or fp16 "
+            "(or auto_cpu_fp32: auto, but fp32 on every CPU)."
+        )
     return precision
+
+
+# oneDNN ISA limits (ONEDNN_MAX_CPU_ISA) that still include bf16 dot products
+_BF16_ISA = re.compile(r"^(ALL|DEFAULT|.*(BF16|AMX|FP16|AVX10).*)$")
+
+
+def cpu_bf16() -> dict:
+    """Whether this CPU computes bf16 natively: its bf16 units, and what limits their use.
+
+    AVX512-BF16 or AMX-BF16 in the hardware, and neither ATen's kernels (ATEN_CPU_CAPABILITY
+    below AVX512) nor oneDNN's (ONEDNN_MAX_CPU_ISA below AVX512_CORE_BF16) held back from them:
+    a user who forces AVX2 gets fp32, as bf16 there would be emulated and slower than fp32.
+    """
+    units = [name for name, has in _bf16_units().items() if has]
+    capability = torch.backends.cpu.get_cpu_capability()
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    limits = [f"ATen CPU capability {capability}"] if capability != "AVX512" else []
+    if onednn and not _BF16_ISA.match(onednn):
+        limits.append(f"ONEDNN_MAX_CPU_ISA={onednn}")
+    return {"units": units, "limited_by": limits, "native": bool(units) and not limits}
+
+
+def _bf16_units() -> dict[str, bool]:
+    """The CPU's bf16 instruction sets, from torch's cpuinfo, else /proc/cpuinfo's flags."""
+    try:
+        return {
+            "avx512_bf16": bool(torch.cpu._is_avx512_bf16_supported()),
+            "amx_bf16": bool(torch.cpu._is_amx_tile_supported()),
+        }
+    except AttributeError:
+        flags = _proc_cpu_flags()
+        return {"avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags}
+
+
+def _proc_cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split()}
 
 
 def dtype_of(precision: str) -> torch.dtype:

@@ -25,11 +25,13 @@ from omegaconf import OmegaConf
 
 import genart
 from genart.errors import UserError
+from genart.moved_keys import SAVED_HEADER
 from genart.pretrained import find_pretrained_nodes, upgrade_weights_key
 from genart.safety import PRESET_GROUP, check_presets, conf_dir, searchpath_dir
 
 EXCLUDED = ("resume", "hydra", "security")  # per machine or per run, never part of the image
 RESTORED = ("threads",)  # null = decided at run time; the run recorded the value it used
+RESOLVED = ("fp32", "bf16", "fp16")  # what `precision: auto` (or auto_cpu_fp32) became in a run
 # Sub-folders allowed (doorways/left); no dots, so no `..`, no hidden files, no `.yaml` doubled.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*(/[A-Za-z0-9_][A-Za-z0-9_-]*)*$")
 
@@ -95,11 +97,21 @@ def save_preset(
         count = info.get(key)  # a thread count: a positive int, anything else is not frozen
         if key in values and values[key] is None and type(count) is int and count > 0:
             values[key] = count
+    freeze_precision(values, info.get("precision"))
     text = description or _summary(run_dir, choices)
     notes = [*_provenance(run_dir, info, values, stale), f"description: {text}"]
     _write_atomic(root, out, _render(notes, defaults, values))
     _warn_if_refused(root, name)
     return out
+
+
+def freeze_precision(values: dict, resolved: object) -> None:
+    """`auto` depends on the machine (bf16 where it is native): the preset keeps what the run used.
+
+    A saved preset that says `precision: auto` runs as auto_cpu_fp32 (moved_keys), so a run that
+    recorded no precision keeps the key as it was."""
+    if str(values.get("precision", "")).startswith("auto") and resolved in RESOLVED:
+        values["precision"] = resolved
 
 
 def _check_finished(run_dir: Path, force: bool) -> None:
@@ -247,7 +259,7 @@ def _provenance(run_dir: Path, info: dict, values: dict, stale: list[str]) -> li
 
     commit = info.get("git_commit") or git_commit()  # the run's own record, else the checkout's
     notes = [
-        "Saved by `python -m genart.presets save`: the full config of one run, frozen.",
+        f"{SAVED_HEADER}: the full config of one run, frozen.",
         f"source run: {Path(run_dir).resolve()}",
         f"saved: {datetime.datetime.now().isoformat(timespec='seconds')}",
         f"genart: {info.get('genart', genart.__version__)}, git commit: {commit}",
