@@ -119,8 +119,8 @@ def test_bf16_clip_swaps_in_reduced_attention_and_stays_close_to_fp32():
     assert cos.min() > 0.999, cos
 
 
-def test_precision_auto_is_fp32_on_cpu_and_unknown_names_fail():
-    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+def test_legacy_auto_is_fp32_on_cpu_and_unknown_names_fail():
+    assert resolve_precision("auto_cpu_fp32", torch.device("cpu")) == "fp32"
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
     with pytest.raises(UserError, match="precision=half"):
         resolve_precision("half", torch.device("cpu"))
@@ -154,6 +154,7 @@ def test_bench_cli_writes_the_report(tmp_path):
     assert set(report["loops"]) == {"plain", "genart_pooled", "genart"}
     assert report["loops"]["genart_pooled"]["cutouts"] == "PooledCutouts"
     assert "ratio plain / genart" in proc.stdout and "at identical work" in proc.stdout
+    assert report["cpu"]["name"] and f"cpu: {report['cpu']['name']}" in proc.stdout
     for loop in report["loops"].values():  # every phase ran: the warm-up, 2 timed, 1 profiled
         assert len(loop["times"]) == 2 and loop["split"]["total"] > 0
 
