@@ -377,8 +377,35 @@ def child_fidelity(s: dict, floor: bool = True) -> dict:
     return result
 
 
+def child_ceiling(s: dict) -> dict:
+    """How fast the step could be: the FLOPs of one genart step at identical work (cutouts=pooled,
+    forward + backward, counted by torch's FlopCounterMode) over this CPU's rate on a bare
+    4096³ GEMM in the step's precision (median of 5)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from genart.render import guided_step
+
+    run, _ = build_genart(pooled(s))
+    guided_step(run, 0)  # first-step allocations and caches out of the way
+    with FlopCounterMode(display=False) as counter:
+        guided_step(run, 1)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[s["precision"]]
+    a, b = (torch.randn(4096, 4096, dtype=dtype) for _ in range(2))
+    a @ b
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    peak = 2 * 4096**3 / statistics.median(times)  # FLOP/s
+    flops = counter.get_total_flops()
+    return {"step_flops": flops, "gemm_flops_per_s": peak, "step_at_peak_s": flops / peak}
+
+
 CHILDREN = {
     "plain": child_plain,
+    "ceiling": child_ceiling,
     "genart_pooled": lambda s, turn=ALONE: child_genart(pooled(s), turn),
     "genart": child_genart,
     "parity": child_parity,
@@ -534,6 +561,21 @@ def format_table(report: dict) -> str:
         f"ratio plain / genart s/step: {report['ratio']:.2f}x at identical work ({POOLED}), "
         f"{report['ratio_default']:.2f}x at genart's defaults"
     )
+    c = report.get("ceiling")
+    if c:
+        plain, measured = report["loops"]["plain"]["s_per_step"], report["loops"]["genart_pooled"]
+        lines += [
+            f"ceiling: one genart step ({POOLED}) is {c['step_flops'] / 1e9:.0f} GFLOP; a bare "
+            f"4096³ {s['precision']} GEMM ran at {c['gemm_flops_per_s'] / 1e9:.0f} GFLOP/s, so "
+            f"the step takes >= {c['step_at_peak_s']:.2f} s at that rate "
+            f"(measured {measured['s_per_step']:.2f} s: {measured['s_per_step'] / c['step_at_peak_s']:.2f}x it)",
+            f"  4x the plain loop needs <= {plain / 4:.2f} s/step: "
+            + (
+                "out of reach by construction on this CPU"
+                if c["step_at_peak_s"] > plain / 4
+                else "within the GEMM rate"
+            ),
+        ]
     f = report.get("fidelity")
     if f:
         lines += [
@@ -594,6 +636,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="a Hydra override for every loop, e.g. cutouts.noise=0 (repeatable)",
     )
     ap.add_argument("--no-parity", action="store_true", help="skip the parity check")
+    ap.add_argument(
+        "--no-ceiling",
+        action="store_true",
+        help="skip counting the step's FLOPs against a bare GEMM's rate",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--settings", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -632,7 +679,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def bench(s: dict, parity: bool = True) -> dict:
+def bench(s: dict, parity: bool = True, ceiling: bool = True) -> dict:
     """Runs the parts back to back; the report as written to JSON."""
     import torch
 
@@ -652,6 +699,8 @@ def bench(s: dict, parity: bool = True) -> dict:
     )
     if s["fidelity_steps"]:
         report["fidelity"] = run_child("fidelity", s)
+    if ceiling:
+        report["ceiling"] = run_child("ceiling", s)
     report["load_avg_end"] = list(os.getloadavg())
     return report
 
@@ -661,7 +710,7 @@ def main(argv=None) -> None:
     if args.child:
         child_main(args.child, json.loads(args.settings), args.out, args.turns)
         return
-    report = bench(settings_of(args), parity=not args.no_parity)
+    report = bench(settings_of(args), parity=not args.no_parity, ceiling=not args.no_ceiling)
     print(format_table(report))
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
