@@ -21,6 +21,7 @@ from genart.checks import check_config, check_prompt_source
 from genart.errors import UserError
 from genart.files import replace_atomic, write_atomic
 from genart.moved_keys import saved_with_auto_precision, upgrade_config, upgrade_precision
+from genart.overrides import key_of
 
 FAILED_STATUS = float("nan")  # what a failed job returns to sweepers
 
@@ -111,7 +112,7 @@ def upgrade_old_preset_precision(cfg: DictConfig, overrides: list[str]) -> None:
     """A preset saved before `presets save` froze the resolved precision says `precision: auto`
     and was made when auto meant fp32 on CPU: it runs under that rule (moved_keys.LEGACY_AUTO),
     unless the command line sets precision itself."""
-    if any(o.lstrip("+~").partition("=")[0] == "precision" for o in overrides):
+    if any(key_of(o) == "precision" for o in overrides):
         return
     preset = chosen_preset_file()
     if preset is not None and saved_with_auto_precision(preset):
@@ -246,7 +247,7 @@ def prepare_resume(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, P
     saved = upgrade_config(OmegaConf.load(saved_path))  # in the keys this version reads
     conflicts = []
     for override in overrides:
-        key, _, _ = override.lstrip("+~").partition("=")
+        key = key_of(override)
         if key == "resume":
             continue
         if OmegaConf.select(saved, key, default=None) != OmegaConf.select(cfg, key, default=None):

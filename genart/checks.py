@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from genart.errors import UserError
+from genart.overrides import key_of
 
 # Every top-level key some part of genart reads; any other key (`+stepz=5`) is refused instead of
 # silently ignored. A feature that adds a top-level key or config group registers it here (later
@@ -168,7 +169,7 @@ def check_device(cfg: DictConfig) -> None:
 def check_prompt_source(cfg: DictConfig, choices: dict, overrides: list[str]) -> None:
     """`+refine` keeps the prompts it is given; with neither a preset nor a `prompts` override it
     would pull an edited image towards the default lighthouse prompt."""
-    typed = [o.lstrip("+~").partition("=")[0] for o in overrides]
+    typed = [key_of(o) for o in overrides]
     if (
         not choices.get("refine")
         or choices.get("preset")

@@ -24,6 +24,7 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from genart.errors import UserError
+from genart.overrides import key_of
 
 # old dotted key (or key prefix) -> new one
 MOVED = {
@@ -71,7 +72,7 @@ def rewrite_overrides(argv: list[str]) -> list[str]:
         moved = moved_override(arg)
         out.append(arg if moved is None else moved)
         if moved is not None:
-            old_key, new = arg.partition("=")[0].lstrip("+~"), moved.partition("=")[0].lstrip("+~")
+            old_key, new = key_of(arg), key_of(moved)
             print(f"genart: {old_key} is now {new}; running with {moved}", file=sys.stderr)
     return out
 
@@ -90,7 +91,7 @@ def upgrade_config(cfg: DictConfig, overrides: list[str] = ()) -> DictConfig:
         print(f"genart: {old} is now {old.rpartition('.')[0]}.pretrained", file=sys.stderr)
     for key, old, new in rename_moved_targets(cfg):
         print(f"genart: {key} {old} is now {new}; running with it", file=sys.stderr)
-    typed = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    typed = {key_of(o) for o in overrides}
     for group, names in FLAT_GROUPS.items():
         node = cfg.get(group)
         if not (isinstance(node, DictConfig) and "_target_" in node):

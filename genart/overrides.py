@@ -53,6 +53,11 @@ _OVERRIDE = re.compile(r"^(\+\+|\+|~)?([\w./@-]+?)=(.*)$", re.DOTALL)  # prefix,
 _SWEEP_FUNCTION = re.compile(r"^\s*\w+\(")  # choice(…), range(…), glob(…), interval(…)
 
 
+def key_of(override: str) -> str:
+    """The dotted key a command-line override sets: `+a.b=1`, `~a.b` and `a.b=1` all give `a.b`."""
+    return override.lstrip("+~").partition("=")[0]
+
+
 def is_multirun(argv: list[str]) -> bool:
     return any(a in MULTIRUN_FLAGS or a.lower() == "hydra.mode=multirun" for a in argv)
 

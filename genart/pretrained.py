@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from genart.errors import UserError
+from genart.overrides import key_of
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +252,7 @@ def upgrade_weights_key(cfg: Any, overrides: list[str] | tuple[str, ...] = ()) -
     `cfg` is a plain container or a DictConfig (struct mode is fine). A saved preset composes
     INTO the group's node, so both keys may be there: the saved `weights` value wins over the
     group's default, except where `overrides` (the command line's) typed into `pretrained`."""
-    typed = [o.lstrip("+~").partition("=")[0] for o in overrides]
+    typed = [key_of(o) for o in overrides]
     return _upgrade(cfg, "", typed)
 
 

@@ -62,3 +62,19 @@ def test_no_arguments_no_change():
 def test_flag_values_are_not_overrides():
     argv = ["--config-dir", "/tmp/a=b", "--cfg", "job", "prompts.text=x, y"]
     assert as_typed(argv) == ["--config-dir", "/tmp/a=b", "--cfg", "job", "prompts.text='x, y'"]
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("a.b=1", "a.b"),
+        ("+a.b=x=y", "a.b"),
+        ("++a=1", "a"),
+        ("~a.b", "a.b"),
+        ("precision", "precision"),
+    ],
+)
+def test_key_of_is_the_key_an_override_sets(override, key):
+    from genart.overrides import key_of
+
+    assert key_of(override) == key
