@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genart.errors import UserError
+from genart.speed.kernels import plan_or_rule
 from genart.speed.vit import speed_up
 
 
@@ -140,6 +141,7 @@ class CLIPModel(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self._text_cache: dict[str, torch.Tensor] = {}  # text -> (D,) fp32 unit vector
+        self._autocast: torch.dtype | None = None  # the image tower's, when it runs under autocast
 
     @property
     def input_size(self) -> int:
@@ -162,15 +164,19 @@ class CLIPModel(nn.Module):
     def _dtype(self) -> torch.dtype:
         return next(self.model.visual.parameters()).dtype
 
-    def set_precision(self, dtype: torch.dtype) -> None:
-        """Cast the frozen image tower to `dtype` (faster than autocast on CPU), with the faster
-        equivalents of its parts from `genart.speed.vit`.
+    def set_precision(self, dtype: torch.dtype, plan=None) -> None:
+        """Run the frozen image tower at `dtype` as genart.speed.kernels' plan says: cast weights
+        or autocast (`guide_reduced`), attention products by `bmm` or the library's, and the
+        faster equivalents of its other parts (genart.speed.vit).
 
         The text tower stays fp32 (it runs once per prompt); embeddings leave fp32 either way.
         """
+        plan = plan_or_rule(plan, self.device, dtype)
         visual = self.model.visual
-        visual.to(dtype)
-        speed_up(visual, dtype)
+        reduced = dtype != torch.float32
+        self._autocast = dtype if reduced and plan.guide_reduced == "autocast" else None
+        visual.to(torch.float32 if self._autocast else dtype)
+        speed_up(visual, dtype, attention=plan.attention)
 
     def compile_hot(self) -> None:
         """torch.compile the image tower (the first call compiles)."""
@@ -206,7 +212,8 @@ class CLIPModel(nn.Module):
                 x, size=self.image_size, mode="bilinear", align_corners=False, antialias=True
             )
         x = (x - self.mean) / self.std  # (N, 3, H, W) CLIP-normalised
-        with _attention_kernel(x.device):
+        autocast = torch.autocast(x.device.type, self._autocast) if self._autocast else nullcontext()
+        with _attention_kernel(x.device), autocast:
             embed = self.model.encode_image(x.to(self._dtype())).float()  # (N, D)
         return F.normalize(embed, dim=-1)
 
@@ -240,9 +247,9 @@ class Guide(nn.Module):
     def device(self) -> torch.device:
         return next(iter(self.models.values())).device
 
-    def set_precision(self, dtype: torch.dtype) -> None:
+    def set_precision(self, dtype: torch.dtype, plan=None) -> None:
         for model in self.models.values():
-            model.set_precision(dtype)
+            model.set_precision(dtype, plan)
 
     def compile_hot(self) -> None:
         for model in self.models.values():

@@ -130,15 +130,18 @@ def environment(device: torch.device, precision: str, threads: int) -> dict:
     """What decides the exact pixels of a run: recorded in result.json and in saved presets.
 
     `cpu_bf16` is the CPU's bf16 capability (its units, and an ISA limit that held them back),
-    which decides what `precision=auto` became on CPU.
+    which decides what `precision=auto` became on CPU; `kernels` the kernel and layout of each
+    part of the step (genart.speed.kernels' rule for this CPU kind and precision).
     """
     import genart
-    from genart.speed.precision import cpu_bf16
+    from genart.speed.kernels import kernel_plan
+    from genart.speed.precision import cpu_bf16, dtype_of
 
     return {
         "device": str(device),
         "precision": precision,
         "cpu_bf16": cpu_bf16(),
+        "kernels": kernel_plan(device, dtype_of(precision)).as_dict(),
         "threads": threads,
         "torch": torch.__version__,
         "genart": genart.__version__,

@@ -20,6 +20,7 @@ from genart.generators.vqgan import (
     round_size,
 )
 from genart.speed.decoder import phase_kernels, upsample_by_phases
+from genart.speed.kernels import kernel_plan, with_choices
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "generator"
 DDCONFIG = dict(
@@ -210,6 +211,8 @@ def test_upsampling_by_phases_equals_nearest_upsampling_then_conv():
 
 def test_bf16_decoder_upsamples_by_phases_as_accurately_as_tamings():
     gen = tiny()
+    bf16 = kernel_plan("cpu", torch.bfloat16)
+    gen.set_precision(torch.bfloat16, with_choices(bf16, decoder_upsample="phases"))
     calls = []
     for level in range(1, len(gen.model.decoder.up)):
         gen.model.decoder.up[level].upsample.register_forward_hook(lambda *a: calls.append(1))

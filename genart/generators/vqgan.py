@@ -8,6 +8,7 @@ import io
 import math
 import warnings
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from genart.errors import UserError
 from genart.generators.base import Generator
 from genart.pretrained import load_checkpoint
 from genart.speed.decoder import FastDecoder
+from genart.speed.kernels import plan_or_rule
 
 
 class ClampWithGrad(torch.autograd.Function):
@@ -190,8 +192,7 @@ class VQGANGenerator(Generator):
             raise ValueError(f"VQGANGenerator init={init!r}: only 'random' (codebook tokens)")
         width, height = self.size
         self.z = nn.Parameter(self.random_latent(height // self.factor, width // self.factor))
-        self.dtype = torch.float32  # the decoder's compute dtype (set_precision)
-        self.decoder = FastDecoder(self.model.decoder)  # taming's forward, restated faster
+        self.set_precision(torch.float32)  # the decoder's compute dtype and kernel plan
 
     @property
     def codebook(self) -> torch.Tensor:
@@ -215,9 +216,9 @@ class VQGANGenerator(Generator):
     def latent(self) -> torch.Tensor:
         return self.z
 
-    def set_precision(self, dtype: torch.dtype) -> None:
-        """Run the frozen decoder under autocast to `dtype` (fp32: plainly), in the layout that
-        measured fastest for it.
+    def set_precision(self, dtype: torch.dtype, plan=None) -> None:
+        """Run the frozen decoder at `dtype` the way genart.speed.kernels' plan says: the
+        upsampling (phases or taming's), the layout, and below fp32 autocast or cast weights.
 
         Decoder forward + backward at 256², 2-core AVX512-BF16 CPU, best of 4: fp32 3.35 s, bf16
         autocast 0.95 s, bf16-cast weights 1.15 s. Layout, same machine, interleaved medians of
@@ -226,17 +227,27 @@ class VQGANGenerator(Generator):
         codebook, the encoder and the output clamp stay fp32.
         """
         self.dtype = dtype
+        self.plan = plan_or_rule(plan, self.z.device, dtype)
+        cast = dtype if dtype != torch.float32 and self.plan.decoder_reduced == "cast" else None
+        phases = self.plan.decoder_upsample == "phases"
+        self.decoder = FastDecoder(self.model.decoder, phases=phases, cast=cast)
 
     def decoder_layout(self) -> torch.memory_format:
-        """The memory format that measured fastest for the decoder at its dtype (set_precision)."""
-        return torch.channels_last if self.dtype == torch.float32 else torch.contiguous_format
+        """The decoder's memory format (the kernel plan's `decoder_layout`)."""
+        if self.plan.decoder_layout == "channels_last":
+            return torch.channels_last
+        return torch.contiguous_format
 
     def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
         """Any latent (B, D, h, w) → image (B, 3, H, W) in [0, 1], quantised straight-through."""
         z_q = quantize_st(z, self.codebook).contiguous(memory_format=self.decoder_layout())
         reduced = self.dtype != torch.float32
-        with torch.autocast(z_q.device.type, self.dtype) if reduced else contextlib.nullcontext():
-            dec = self.decoder(self.model.post_quant_conv(z_q))  # (B, 3, H, W) in ~[-1, 1]
+        if reduced and self.plan.decoder_reduced == "cast":  # the decoder's weights are cast
+            dec = self.decoder(self.model.post_quant_conv(z_q).to(self.dtype))
+        else:
+            autocast = torch.autocast(z_q.device.type, self.dtype) if reduced else nullcontext()
+            with autocast:
+                dec = self.decoder(self.model.post_quant_conv(z_q))  # (B, 3, H, W) in ~[-1, 1]
         return clamp_with_grad((dec.float() + 1) / 2)
 
     def forward(self) -> torch.Tensor:

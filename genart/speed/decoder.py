@@ -14,6 +14,8 @@ tests/test_vqgan.py checks `decode` against taming's own forward.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -86,11 +88,16 @@ class FastDecoder:
     they are (and under their keys); this only holds a reference and the phase-kernel caches.
     Where FAST_DECODER does not apply, it runs taming's own forward."""
 
-    def __init__(self, decoder: nn.Module) -> None:
+    def __init__(self, decoder: nn.Module, phases: bool = True, cast: torch.dtype | None = None):
+        """`phases`: upsample by phases below fp32 (genart.speed.kernels' `decoder_upsample`);
+        `cast`: run a frozen copy of the decoder with its weights cast to this dtype."""
         if getattr(decoder, "temb_ch", 0):
             raise ValueError("FastDecoder: a decoder with a timestep embedding is not supported")
+        if cast is not None:  # a copy: the fp32 weights stay where they are, under their keys
+            decoder = copy.deepcopy(decoder).to(cast).requires_grad_(False)
         self.decoder = decoder
         self.fast = applies(FAST_DECODER)
+        self.phases = phases
         self._kernels: dict[int, tuple] = {}  # level → (weight's identity, its phase kernels)
 
     def phase_kernels(self, level: int, weight: torch.Tensor) -> torch.Tensor:
@@ -105,7 +112,7 @@ class FastDecoder:
     def upsample(self, level: int, x: torch.Tensor) -> torch.Tensor:
         module = self.decoder.up[level].upsample
         conv = getattr(module, "conv", None) if module.with_conv else None
-        if conv is None or x.dtype == torch.float32:  # taming's path
+        if conv is None or not self.phases:  # taming's path
             return module(x)
         return upsample_by_phases(x, conv, self.phase_kernels(level, conv.weight))
 

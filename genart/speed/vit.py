@@ -184,8 +184,9 @@ def reads_class_token_only(visual: nn.Module) -> bool:
     )
 
 
-def speed_up(visual: nn.Module, dtype: torch.dtype) -> None:
-    """Swap the parts above into open_clip's VisionTransformer `visual` (already cast to dtype)."""
+def speed_up(visual: nn.Module, dtype: torch.dtype, attention: str = "library") -> None:
+    """Swap the parts above into open_clip's VisionTransformer `visual` (already cast to dtype);
+    `attention="bmm"` swaps in `Attention` (genart.speed.kernels' plan chooses)."""
     if not applies(FAST_VIT):
         return
     transformer = getattr(visual, "transformer", None)
@@ -195,8 +196,7 @@ def speed_up(visual: nn.Module, dtype: torch.dtype) -> None:
     blocks = getattr(transformer, "resblocks", None)
     if blocks is None:
         return
-    device = next(visual.parameters()).device
-    if dtype != torch.float32 and device.type == "cpu":  # GPUs: torch's fused bf16 attention
+    if attention == "bmm":
         for block in blocks:
             if Attention.fits(getattr(block, "attn", None)):
                 block.attn = Attention(block.attn)
