@@ -212,7 +212,9 @@ class CLIPModel(nn.Module):
                 x, size=self.image_size, mode="bilinear", align_corners=False, antialias=True
             )
         x = (x - self.mean) / self.std  # (N, 3, H, W) CLIP-normalised
-        autocast = torch.autocast(x.device.type, self._autocast) if self._autocast else nullcontext()
+        autocast = (
+            torch.autocast(x.device.type, self._autocast) if self._autocast else nullcontext()
+        )
         with _attention_kernel(x.device), autocast:
             embed = self.model.encode_image(x.to(self._dtype())).float()  # (N, D)
         return F.normalize(embed, dim=-1)

@@ -163,7 +163,9 @@ def test_a_cpu_held_to_avx2_runs_its_own_plan(tmp_path):
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
         pytest.skip("this CPU has no AVX2")
     env = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
-    out = cli("genart", *TINY, "steps=2", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env=env)
+    out = cli(
+        "genart", *TINY, "steps=2", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env=env
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads((tmp_path / "run/result.json").read_text())
     assert result["kernels"]["kind"] == "avx2" and result["precision"] == "fp32"
