@@ -1,6 +1,7 @@
 """One resolver for every pretrained file, the config's `pretrained:` nodes (explicit path → cache
-→ one download → a clear error), the move of configs that still call that node `weights:`, and a
-checkpoint loader that never unpickles code (weights_only + a tiny Lightning allow-list)."""
+→ one download → a clear error; whole HF repos through genart.hf_snapshots), the move of configs
+that still call that node `weights:`, and a checkpoint loader that never unpickles code
+(weights_only + a tiny Lightning allow-list)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from genart.errors import UserError
+from genart.hf_snapshots import is_snapshot, resolve_snapshot
 from genart.overrides import key_of
 
 log = logging.getLogger(__name__)
@@ -37,8 +39,10 @@ class PretrainedNotFound(UserError):
 
 
 def resolve_pretrained(spec: Mapping, key: str) -> Path:
-    """A local file for a `pretrained:` node: path → cache → one download → PretrainedNotFound."""
+    """A local file (whole repo: a folder): path → cache → one download → PretrainedNotFound."""
     path_key = key if key.endswith(".path") else f"{key}.path"
+    if is_snapshot(spec):
+        return resolve_snapshot(spec, path_key)
     if spec.get("path"):
         return _explicit_path(spec["path"], path_key)
     cached = find_cached(spec)
@@ -48,7 +52,7 @@ def resolve_pretrained(spec: Mapping, key: str) -> Path:
         raise PretrainedNotFound(
             _missing_message(spec, path_key, "the node names no url or hf_repo")
         )
-    reason = _offline_reason(spec)
+    reason = offline_reason(spec)
     if reason is None:
         try:
             return download(spec)
@@ -105,7 +109,7 @@ def find_cached(spec: Mapping) -> Path | None:
 # ---------------------------------------------------------------- online?
 
 
-def _offline_reason(spec: Mapping) -> str | None:
+def offline_reason(spec: Mapping) -> str | None:
     """Why no download is attempted (offline flag or host unreachable), or None to go ahead."""
     for name in OFFLINE_ENV:
         if os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on"):
@@ -222,7 +226,7 @@ def find_pretrained_nodes(cfg_container: Any, prefix: str = "") -> list[tuple[st
 
 
 def resolve_all_pretrained(cfg):
-    """Point every `pretrained:` node at a local file, before any heavy import (fail fast)."""
+    """Point every `pretrained:` node at a local file or folder, before any heavy import."""
     from omegaconf import OmegaConf
 
     container = OmegaConf.to_container(cfg, resolve=True)
