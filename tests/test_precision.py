@@ -155,6 +155,9 @@ def test_bench_cli_writes_the_report(tmp_path):
     assert report["loops"]["genart_pooled"]["cutouts"] == "PooledCutouts"
     assert "ratio plain / genart" in proc.stdout and "at identical work" in proc.stdout
     assert report["cpu"]["name"] and f"cpu: {report['cpu']['name']}" in proc.stdout
+    kernels = report["kernels"]  # the plan genart's loops ran, at what auto became here
+    assert kernels["dtype"] == report["settings"]["precision"] != "auto"
+    assert f"kernels ({kernels['kind']}, {kernels['dtype']})" in proc.stdout
     ceiling = report["ceiling"]  # FLOPs of a real step over a measured GEMM rate
     assert ceiling["step_flops"] > 1e8 and ceiling["gemm_flops_per_s"] > 1e9
     assert ceiling["step_at_peak_s"] == ceiling["step_flops"] / ceiling["gemm_flops_per_s"]

@@ -1,6 +1,6 @@
 """Seconds per step of genart's loop beside a plain VQGAN+CLIP loop, from one run.
 
-`python -m genart.bench [--steps N] [--precision bf16] ...` runs each part in its own child
+`python -m genart.bench [--steps N] [--precision auto] ...` runs each part in its own child
 process, so that peak memory (ru_maxrss) is per loop:
 
 * plain: nerdyrodent/VQGAN-CLIP's generate.py step at its defaults, written out
@@ -524,6 +524,10 @@ def format_table(report: dict) -> str:
     if "cpu" in report:
         cpu = report["cpu"]
         lines.append(f"cpu: {cpu['name']}; bf16 units: {', '.join(cpu['units']) or 'none'}")
+    if "kernels" in report:
+        k = report["kernels"]
+        chosen = ", ".join(f"{p}={v}" for p, v in k.items() if p not in ("kind", "dtype", "rule"))
+        lines.append(f"kernels ({k['kind']}, {k['dtype']}): {chosen}")
     for mode, p in report.get("parity", {}).items():
         if not isinstance(p, dict):
             continue
@@ -611,9 +615,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--cutn", type=int, default=32)
     ap.add_argument(
         "--precision",
-        default="bf16",
-        choices=["fp32", "bf16", "fp16"],
-        help="genart's precision (the plain loop is always fp32)",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="genart's precision (the plain loop is always fp32); auto: what a run picks here",
     )
     ap.add_argument("--compile", action="store_true", help="genart with compile=true")
     ap.add_argument(
@@ -663,7 +667,14 @@ def settings_of(args: argparse.Namespace) -> dict:
         "seed",
         "overrides",
     )
-    return {k: getattr(args, k) for k in keys}
+    s = {k: getattr(args, k) for k in keys}
+    if s["precision"] == "auto":  # what `python -m genart` resolves it to on this CPU
+        import torch
+
+        from genart.speed.precision import resolve_precision
+
+        s["precision"] = resolve_precision("auto", torch.device("cpu"))
+    return s
 
 
 def cpu_name() -> str:
@@ -683,10 +694,12 @@ def bench(s: dict, parity: bool = True, ceiling: bool = True) -> dict:
     """Runs the parts back to back; the report as written to JSON."""
     import torch
 
-    from genart.speed.precision import cpu_bf16
+    from genart.speed.kernels import kernel_plan
+    from genart.speed.precision import cpu_bf16, dtype_of
 
     report = {"settings": s, "torch": torch.__version__, "load_avg": list(os.getloadavg())}
     report["cpu"] = {"name": cpu_name(), **cpu_bf16()}  # ratios hold for this CPU kind only
+    report["kernels"] = kernel_plan("cpu", dtype_of(s["precision"])).as_dict()
     if parity:
         report["parity"] = run_child("parity", s)
     loops = run_children(list(TIMED), s)
