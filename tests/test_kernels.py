@@ -170,3 +170,10 @@ def test_a_cpu_held_to_avx2_runs_its_own_plan(tmp_path):
     result = json.loads((tmp_path / "run/result.json").read_text())
     assert result["kernels"]["kind"] == "avx2" and result["precision"] == "fp32"
     assert result["kernels"]["decoder_upsample"] == "nearest_conv"
+
+
+def test_a_precision_this_cpu_only_emulates_is_named_in_a_warning(monkeypatch):
+    pose(monkeypatch, (), "AVX2")
+    with pytest.warns(precision.EmulatedPrecisionWarning, match="precision=bf16 is emulated"):
+        assert precision.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert precision.resolve_precision("auto", torch.device("cpu")) == "fp32"  # and no warning

@@ -41,7 +41,28 @@ def resolve_precision(precision: str, device: torch.device) -> str:
             f"precision={precision} is not known; use auto, fp32, bf16 or fp16 "
             "(or auto_cpu_fp32: auto, but fp32 on every CPU)."
         )
+    if device.type == "cpu" and precision != "fp32" and not cpu_bf16()["native"]:
+        warn_emulated(precision)
     return precision
+
+
+class EmulatedPrecisionWarning(UserWarning):
+    """A reduced precision this CPU only emulates: far slower than fp32."""
+
+
+def warn_emulated(precision: str) -> None:
+    """Say once that `precision` runs emulated here (a preset frozen on a bf16 CPU, say)."""
+    import warnings
+
+    limits = "; ".join(cpu_bf16()["limited_by"]) or "no AVX512-BF16 or AMX units"
+    warnings.warn(
+        f"precision={precision} is emulated on this CPU ({limits}): each part of the step ran "
+        "40-60x slower than in fp32 on a CPU held to AVX2 (python -m genart.tools.kernel_bench). "
+        "Set precision=auto (fp32 here) unless you need this precision's rounding, e.g. to "
+        "match a run from a CPU with native bf16 (pixels differ across CPU kinds anyway).",
+        EmulatedPrecisionWarning,
+        stacklevel=2,
+    )
 
 
 # oneDNN ISA limits (ONEDNN_MAX_CPU_ISA) that still include bf16 dot products
