@@ -34,6 +34,7 @@ class Run:
     callbacks: list = field(default_factory=list)
     start_step: int = 0
     step: int = 0
+    steps: int = 0  # how many steps the loop runs (total_steps)
     env: dict = field(default_factory=dict)
     autocast: object = None
 
@@ -77,10 +78,17 @@ def build(cfg: DictConfig, run: Run) -> None:
             "Every loss is switched off (losses.<name>: null). Keep at least losses.prompt."
         )
     run.updater = instantiate(cfg.updater)(generator=run.generator, autocast=run.autocast)
+    run.steps = total_steps(run.updater, cfg.steps)
     from genart.callbacks import callback_nodes
 
     run.callbacks = [instantiate(node) for node in callback_nodes(cfg)]
     torch.set_grad_enabled(True)
+
+
+def total_steps(updater, steps: int) -> int:
+    """The updater's own step count if it has one (a sampler's denoising steps), else `steps`."""
+    own = getattr(updater, "total_steps", None)
+    return int(own(steps)) if callable(own) else int(steps)
 
 
 def autocast_for(device, precision: str, generator=None):
@@ -250,12 +258,12 @@ def optimise(cfg: DictConfig, run: Run) -> None:
     from tqdm.auto import tqdm
 
     # a context, so an error mid-run closes the bar (ending its line) before the message prints
-    with tqdm(total=cfg.steps, initial=run.start_step, desc="genart", dynamic_ncols=True) as bar:
-        for step in range(run.start_step, cfg.steps):
+    with tqdm(total=run.steps, initial=run.start_step, desc="genart", dynamic_ncols=True) as bar:
+        for step in range(run.start_step, run.steps):
             out = guided_step(run, step)
             run.step = done = step + 1
-            log = done % cfg.log_every == 0 or done == cfg.steps
-            save = done % cfg.save_every == 0 or done == cfg.steps
+            log = done % cfg.log_every == 0 or done == run.steps
+            save = done % cfg.save_every == 0 or done == run.steps
             if log or save:
                 check_finite(out, done, run)
             report = {**out, "step": done, "log": log, "save": save, "image": current_image(run)}
@@ -296,7 +304,7 @@ def resume_from_checkpoint(run: Run) -> None:
         raise UserError(
             f"resume={run.run_dir} has no checkpoint.pt to continue from; start a new run."
         )
-    payload = load_checkpoint_into(path, run.generator, run.updater, run.config["steps"])
+    payload = load_checkpoint_into(path, run.generator, run.updater, run.steps)
     try:
         set_rng_state(payload["rng"])
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
@@ -343,7 +351,7 @@ def finish(cfg: DictConfig, run: Run, targets: list) -> float:
         "config": OmegaConf.to_yaml(rendered),
     }
     save_png(image, run.run_dir / "final.png", text)
-    score = score_image(run, image, targets, cfg.steps - 1, cfg.score.views, cfg.score.seed)
+    score = score_image(run, image, targets, run.steps - 1, cfg.score.views, cfg.score.seed)
     report = {"step": run.step, "score": score, "image": lambda: image}
     for callback in run.callbacks:  # one dict: each may add what later ones read (video, totals)
         callback.on_end(report)

@@ -1,0 +1,322 @@
+"""SDXL (Podell et al. 2023, arXiv:2307.01952) through diffusers' and transformers' own classes:
+θ = the latent z (1, 4, H/f, W/f), decoded by the VAE; the UNet, text encoders and scheduler a
+sampler steps through (genart.samplers); the text conditioning from the prompt schedule
+(genart.conditioning). diffusers and transformers are imported only when a model is built."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from genart.conditioning import PromptConditioning, TextEmbeds
+from genart.errors import UserError
+from genart.generators.base import Generator
+from genart.generators.vqgan import clamp_with_grad, plain
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+INITS = ("noise", "sample")
+SIZE_MULTIPLE = 8  # StableDiffusionXLPipeline.check_inputs: height and width divisible by 8
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How the model is sampled (the `sampler:` node of an SDXL generator config)."""
+
+    scheduler: str  # a diffusers scheduler class name
+    steps: int  # denoising steps: one updater step each
+    cfg_scale: float  # classifier-free guidance (off at ≤ 1, as in the pipeline); not CLIP guidance
+    seed: int  # the sampler's own torch.Generator: initial and ancestral noise
+    scheduler_config: Mapping | None = None  # overrides on the model's scheduler_config.json
+
+
+def round_size(size: Sequence[int], multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
+    """(width, height) rounded to the nearest multiple of `multiple` (at least one)."""
+    width, height = (max(multiple, int(s / multiple + 0.5) * multiple) for s in size)
+    if (width, height) != (int(size[0]), int(size[1])):
+        warnings.warn(
+            f"SDXL renders multiples of {multiple} px: size {size[0]}x{size[1]} → using "
+            f"{width}x{height}",
+            stacklevel=3,
+        )
+    return width, height
+
+
+def scheduler_class(name: str) -> type:
+    """diffusers' scheduler class of that name; anything else is refused in one paragraph."""
+    import diffusers
+    from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
+
+    cls = getattr(diffusers, str(name), None)
+    if isinstance(cls, type) and issubclass(cls, SchedulerMixin):
+        return cls
+    known = sorted({e.name for e in KarrasDiffusionSchedulers} | {"LCMScheduler", "TCDScheduler"})
+    raise UserError(
+        f"generator.sampler.scheduler={name} is not a diffusers scheduler. Name one of diffusers' "
+        f"scheduler classes, e.g. generator.sampler.scheduler=EulerDiscreteScheduler; SDXL works "
+        f"with {', '.join(known)}."
+    )
+
+
+def build_scheduler(settings: SamplerSettings, model_config: Mapping):
+    """The scheduler class named in the settings, from the model's own config plus overrides,
+    as diffusers' docs swap schedulers (`LCMScheduler.from_config(pipe.scheduler.config)`)."""
+    overrides = plain(settings.scheduler_config or {})
+    return scheduler_class(settings.scheduler).from_config({**model_config, **overrides})
+
+
+def load_pretrained(
+    pretrained: Mapping, dtype: torch.dtype, vae_dtype: torch.dtype
+) -> tuple[dict, dict, bool]:
+    """Components, scheduler config and `force_zeros_for_empty_prompt` from a local diffusers SDXL
+    folder (genart.pretrained.resolve_all_pretrained points `path` at it, subfolder included)."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    root = local_folder(pretrained)
+    variant = pretrained.get("variant")
+
+    def load(cls, name: str, **kwargs):
+        return cls.from_pretrained(
+            root / name, variant=variant_in(root / name, variant), local_files_only=True, **kwargs
+        )
+
+    parts = {
+        "unet": load(UNet2DConditionModel, "unet", torch_dtype=dtype),
+        "vae": load(AutoencoderKL, "vae", torch_dtype=vae_dtype),
+        "text_encoder": load(CLIPTextModel, "text_encoder", dtype=dtype),
+        "text_encoder_2": load(CLIPTextModelWithProjection, "text_encoder_2", dtype=dtype),
+        "tokenizer": CLIPTokenizer.from_pretrained(root / "tokenizer", local_files_only=True),
+        "tokenizer_2": CLIPTokenizer.from_pretrained(root / "tokenizer_2", local_files_only=True),
+    }
+    scheduler_config = dict(EulerDiscreteScheduler.load_config(root / "scheduler"))
+    index = root / "model_index.json"
+    pipeline_config = json.loads(index.read_text()) if index.exists() else {}
+    return parts, scheduler_config, bool(pipeline_config.get("force_zeros_for_empty_prompt", True))
+
+
+def local_folder(pretrained: Mapping) -> Path:
+    if not pretrained.get("path"):
+        raise ValueError("pretrained['path'] is unset: resolve it with genart.pretrained first")
+    return Path(pretrained["path"])
+
+
+def variant_in(folder: Path, variant: str | None) -> str | None:
+    """The variant if the folder holds its weights, else None: a component without them loads its
+    plain weights, as DiffusionPipeline.from_pretrained falls back."""
+    found = variant and any(folder.glob(f"*.{variant}.safetensors"))
+    return variant if found or (variant and any(folder.glob(f"*.{variant}.bin"))) else None
+
+
+def load_vae(pretrained: Mapping, dtype: torch.dtype):
+    """A replacement VAE (e.g. madebyollin/sdxl-vae-fp16-fix, which stays finite in fp16)."""
+    from diffusers import AutoencoderKL
+
+    root = local_folder(pretrained)
+    variant = variant_in(root, pretrained.get("variant"))
+    return AutoencoderKL.from_pretrained(
+        root, variant=variant, torch_dtype=dtype, local_files_only=True
+    )
+
+
+def load_lora(pipe, lora: Mapping) -> None:
+    """Load and fuse a LoRA file (or a folder holding one) through diffusers' own
+    `load_lora_weights`, which uses peft; one that does not fit the model is a UserError."""
+    path = local_folder(lora["pretrained"])
+    where = (path, {}) if path.is_dir() else (path.parent, {"weight_name": path.name})
+    try:
+        with quiet("diffusers", "peft"):  # their log restates the error below, line by line
+            pipe.load_lora_weights(str(where[0]), local_files_only=True, **where[1])
+            pipe.fuse_lora(lora_scale=float(lora.get("scale", 1.0)))
+    except (ValueError, RuntimeError, KeyError, OSError) as err:
+        first = " ".join(" ".join(str(err).splitlines()[:2]).split())[:300]
+        raise UserError(
+            f"The LoRA file {path} does not fit this generator's model ({first}). Give a LoRA "
+            "trained for this base model (e.g. latent-consistency/lcm-lora-sdxl for SDXL) in "
+            "generator.lora.pretrained.path, or set generator.lora=null."
+        ) from None
+
+
+@contextmanager
+def quiet(*names: str):
+    """Hold these libraries' loggers to errors no one else will report (CRITICAL) for a while."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def dtype_named(name: str, key: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise UserError(
+            f"{key}={name} is not a dtype genart knows; use one of {', '.join(DTYPES)}."
+        )
+    return DTYPES[name]
+
+
+class SDXLGenerator(Generator):
+    """θ = z (1, 4, H/f, W/f); image = clamp((vae.decode(z / scaling_factor) + 1) / 2).
+
+    `size` is rounded to multiples of 8; `prompts` is the run's prompt schedule (the conditioning
+    follows it); `sampler` says how the model is sampled (SamplerSettings' fields). Weights come
+    from `pretrained` (a local repo snapshot) or, when it is None, random from `architecture`
+    (genart.generators.sdxl_tiny) and `init_seed`. `init`: noise (z ~ N(0, 1)) or sample (z = the
+    latent the plain sampler makes, so latent optimisation starts from an SDXL image).
+    """
+
+    def __init__(
+        self,
+        size: list[int],
+        prompts,
+        sampler: Mapping,
+        pretrained: Mapping | None = None,
+        architecture: Mapping | None = None,
+        init_seed: int = 0,
+        init: str = "noise",
+        vae: Mapping | None = None,
+        lora: Mapping | None = None,
+        dtype: str = "fp32",
+        vae_dtype: str = "fp32",
+        device: str = "cpu",
+    ):
+        super().__init__()
+        from diffusers import StableDiffusionXLPipeline
+
+        from genart.runtime import pick_device
+
+        if init not in INITS:
+            raise UserError(f"generator.init={init} is not known; use one of {', '.join(INITS)}.")
+        self.sampler = sampler_settings(sampler)
+        self.size = round_size(size)
+        weights, vae_weights = (
+            dtype_named(dtype, "generator.dtype"),
+            dtype_named(vae_dtype, "generator.vae_dtype"),
+        )
+        if pretrained is not None:
+            parts, scheduler_config, zeros = load_pretrained(pretrained, weights, vae_weights)
+        elif architecture is not None:
+            parts, scheduler_config, zeros = tiny_parts(plain(architecture), int(init_seed))
+        else:
+            raise ValueError("SDXLGenerator needs pretrained (a repo snapshot) or an architecture")
+        if vae is not None:
+            parts["vae"] = load_vae(vae["pretrained"], vae_weights)
+        for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+            setattr(self, name, parts[name].eval())  # registered submodules: .to() moves them
+        self.pipe = StableDiffusionXLPipeline(
+            **parts,
+            scheduler=build_scheduler(self.sampler, scheduler_config),
+            force_zeros_for_empty_prompt=zeros,
+            add_watermarker=False,  # genart decodes itself; the pipeline's postprocess never runs
+        )
+        if lora is not None:
+            load_lora(self.pipe, lora)
+        self.requires_grad_(False)  # frozen models; z, made next, is the only parameter
+        self.conditioning = PromptConditioning(prompts, self.encode_text, zeros)
+        width, height = self.size
+        f = self.pipe.vae_scale_factor
+        self.z = torch.nn.Parameter(
+            torch.randn(1, self.unet.config.in_channels, height // f, width // f)
+        )
+        self.to(pick_device(str(device)))
+        if init == "sample":
+            from genart.samplers import sample_latents
+
+            self.set_latent(sample_latents(self))
+
+    @property
+    def scheduler(self):
+        return self.pipe.scheduler
+
+    def train(self, mode: bool = True) -> SDXLGenerator:
+        """Only z trains; the frozen models stay in eval mode."""
+        super().train(mode)
+        for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+            getattr(self, name).eval()
+        return self
+
+    def theta(self) -> list[torch.nn.Parameter]:
+        return [self.z]
+
+    def latent(self) -> torch.Tensor:
+        return self.z
+
+    @torch.no_grad()
+    def set_latent(self, latents: torch.Tensor) -> None:
+        self.z.copy_(latents)
+
+    @torch.no_grad()
+    def encode_text(self, text: str) -> TextEmbeds:
+        """One prompt through both text encoders, as StableDiffusionXLPipeline.encode_prompt does."""
+        hidden, _, pooled, _ = self.pipe.encode_prompt(
+            text, device=self.z.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
+        return TextEmbeds(hidden, pooled)
+
+    def latent_scale(self) -> tuple[torch.Tensor | float, torch.Tensor | float, float]:
+        """(mean, std, scaling_factor) of the VAE's latents; the pipeline's rule for denormalising."""
+        config = self.vae.config
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        if mean is None or std is None:
+            return 0.0, 1.0, config.scaling_factor
+        shape = (1, len(mean), 1, 1)
+        as_tensor = lambda v: torch.tensor(v, device=self.z.device).view(shape)  # noqa: E731
+        return as_tensor(mean), as_tensor(std), config.scaling_factor
+
+    def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """Any latent (B, 4, h, w) → image (B, 3, H, W) in [0, 1], as the pipeline decodes it."""
+        mean, std, scale = self.latent_scale()
+        image = self.vae.decode((z * std / scale + mean).to(self.vae.dtype), return_dict=False)[0]
+        return clamp_with_grad(
+            (image.float() + 1) / 2
+        )  # the pipeline's postprocess, with a gradient
+
+    def forward(self) -> torch.Tensor:
+        return self.decode_latent(self.z)  # (1, 3, H, W) in [0, 1]
+
+    @torch.no_grad()
+    def encode(self, image: torch.Tensor) -> None:
+        """z = the VAE posterior's mode for the image (resized to self.size), scaled."""
+        width, height = self.size
+        image = image.to(self.z.device, torch.float32)
+        if image.shape[-2:] != (height, width):
+            image = F.interpolate(
+                image, size=(height, width), mode="bicubic", align_corners=False, antialias=True
+            ).clamp(0, 1)
+        posterior = self.vae.encode((2 * image - 1).to(self.vae.dtype)).latent_dist
+        mean, std, scale = self.latent_scale()
+        self.set_latent((posterior.mode().float() - mean) * scale / std)
+
+
+def sampler_settings(node: Mapping) -> SamplerSettings:
+    """The `sampler:` node, checked: steps ≥ 1, cfg_scale ≥ 0."""
+    settings = SamplerSettings(**plain(node))
+    if not isinstance(settings.steps, int) or settings.steps < 1:
+        raise UserError(
+            f"generator.sampler.steps={settings.steps} is not allowed: the sampler's denoising "
+            "steps must be a whole number ≥ 1, e.g. generator.sampler.steps=4."
+        )
+    if not settings.cfg_scale >= 0:
+        raise UserError(
+            f"generator.sampler.cfg_scale={settings.cfg_scale} is not allowed: classifier-free "
+            "guidance must be ≥ 0 (≤ 1 switches it off), e.g. generator.sampler.cfg_scale=5.0."
+        )
+    return settings
+
+
+def tiny_parts(architecture: dict, seed: int) -> tuple[dict, dict, bool]:
+    """Random tiny components (genart.generators.sdxl_tiny), their scheduler config, zeros flag."""
+    from genart.generators.sdxl_tiny import tiny_components
+
+    return tiny_components(architecture, seed), dict(architecture["scheduler"]), True
