@@ -36,18 +36,23 @@ CANDIDATES = {  # part → its choices (the plan's own is timed as "rule")
     "guide": {"attention": ("bmm", "library"), "guide_reduced": ("cast", "autocast")},
     "resample": {"resample": ("reduced", "fp32")},
 }
+DTYPES = (("fp32", "float32"), ("bf16", "bfloat16"))  # names → torch attributes (lazy import)
 REDUCED_ONLY = {"decoder_reduced", "guide_reduced", "resample"}
 
 
-def seconds(fn, repeats: int) -> float:
-    """Median wall time of fn() after one untimed call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def interleaved_seconds(steps: dict, repeats: int) -> dict:
+    """Median wall time of each step, the steps taking turns (one untimed round first), so that
+    drift in the machine's speed hits every candidate alike. A step is (prepare, run): only run
+    is timed."""
+    times = {label: [] for label in steps}
+    for round_ in range(repeats + 1):
+        for label, (prepare, run) in steps.items():
+            prepare()
+            start = time.perf_counter()
+            run()
+            if round_:
+                times[label].append(time.perf_counter() - start)
+    return {label: statistics.median(t) for label, t in times.items()}
 
 
 @functools.cache
@@ -64,14 +69,17 @@ def decoder_step(settings: dict, dtype, plan):
     import torch
 
     generator = frozen_generator(json.dumps(settings))  # re-planned from its fp32 weights
-    generator.set_precision(dtype, plan)
-    weights = torch.randn(generator().shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        weights = torch.randn(generator().shape, generator=torch.Generator().manual_seed(0))
 
-    def step():
+    def prepare():
+        generator.set_precision(dtype, plan)
         generator.z.grad = None
+
+    def run():
         (generator() * weights).sum().backward()
 
-    return step
+    return prepare, run
 
 
 def guide_step(settings: dict, dtype, plan):
@@ -86,11 +94,13 @@ def guide_step(settings: dict, dtype, plan):
     size = model.input_size
     pixels = torch.rand(settings["cutn"], 3, size, size, requires_grad=True)
 
-    def step():
+    def prepare():
         pixels.grad = None
+
+    def run():
         model.encode_image(pixels).sum().backward()
 
-    return step
+    return prepare, run
 
 
 def resample_step(settings: dict, dtype, plan):
@@ -105,11 +115,13 @@ def resample_step(settings: dict, dtype, plan):
     image = torch.rand(1, 3, height, width, requires_grad=True)
     boxes = torch.tensor([[0.0, 0.0, width, height]]).repeat(settings["cutn"], 1)
 
-    def step():
+    def prepare():
         image.grad = None
+
+    def run():
         resample_crops(image, boxes, 224, cutouts.dtype).sum().backward()
 
-    return step
+    return prepare, run
 
 
 STEPS = {"decoder": decoder_step, "guide": guide_step, "resample": resample_step}
@@ -127,40 +139,44 @@ def measure_kind(settings: dict, repeats: int) -> dict:
     out = {"kind": cpu_kind(), "threads": torch.get_num_threads(), "dtypes": {}}
     if not cpu_bf16()["native"]:  # bf16 is emulated: too slow to time at full size
         out["emulated_bf16"] = emulation_cost(settings, repeats)
-        dtypes = (("fp32", torch.float32),)
+        dtypes = torch_dtypes()[:1]
     else:
-        dtypes = (("fp32", torch.float32), ("bf16", torch.bfloat16))
+        dtypes = torch_dtypes()
     for name, dtype in dtypes:
         rule = kernel_plan("cpu", dtype)
         rows = out["dtypes"][name] = {"rule": rule.as_dict(), "parts": {}}
         for part, choices in CANDIDATES.items():
-            timed = rows["parts"][part] = {
-                "rule": seconds(STEPS[part](settings, dtype, rule), repeats)
-            }
+            steps = {"rule": STEPS[part](settings, dtype, rule)}
             for key, options in choices.items():
                 if dtype == torch.float32 and key in REDUCED_ONLY:
                     continue  # only below fp32 does this choice exist
                 for option in options:
                     if option != getattr(rule, key):
                         plan = with_choices(rule, **{key: option})
-                        step = STEPS[part](settings, dtype, plan)
-                        timed[f"{key}={option}"] = seconds(step, repeats)
+                        steps[f"{key}={option}"] = STEPS[part](settings, dtype, plan)
+            timed = rows["parts"][part] = interleaved_seconds(steps, repeats)
             print(f"{out['kind']} {name} {part}: {timed}", file=sys.stderr, flush=True)
     return out
 
 
+def torch_dtypes() -> list:
+    import torch
+
+    return [(name, getattr(torch, attr)) for name, attr in DTYPES]
+
+
 def emulation_cost(settings: dict, repeats: int) -> dict:
     """Without native bf16: each part's bf16 time over its fp32 time, at 64² and 2 views."""
-    import torch
 
     from genart.speed.kernels import kernel_plan
 
     small = {**settings, "size": [64, 64], "cutn": 2}
     cost = {}
     for part, make in STEPS.items():
-        fp32 = seconds(make(small, torch.float32, kernel_plan("cpu", torch.float32)), repeats)
-        bf16 = seconds(make(small, torch.bfloat16, kernel_plan("cpu", torch.bfloat16)), repeats)
-        cost[part] = {"fp32": fp32, "bf16": bf16, "slowdown": bf16 / fp32}
+        plans = {name: (dtype, kernel_plan("cpu", dtype)) for name, dtype in torch_dtypes()}
+        steps = {name: make(small, *plan) for name, plan in plans.items()}
+        timed = interleaved_seconds(steps, repeats)
+        cost[part] = {**timed, "slowdown": timed["bf16"] / timed["fp32"]}
     return cost
 
 
