@@ -153,7 +153,8 @@ def _ask(url: str) -> int | str:
         except urllib.error.HTTPError as err:
             answer[0] = err.code
         except (OSError, ValueError) as err:
-            answer[0] = f"could not be asked ({type(err).__name__}: {_first_line(err)})"
+            if not isinstance(getattr(err, "reason", err), TimeoutError):  # that one says no answer
+                answer[0] = f"could not be asked ({type(err).__name__}: {_first_line(err)})"
 
     thread = threading.Thread(target=ask, daemon=True)
     thread.start()
