@@ -101,7 +101,16 @@ def test_every_decoder_path_decodes_like_fp32_and_reaches_z(choices):
     with torch.no_grad():
         exact = generator()
     generator.set_precision(BF16, with_choices(kernel_plan("cpu", BF16), **choices))
+    calls = []  # taming's upsampling modules, in the decoder the plan runs
+    for up in generator.decoder.decoder.up[1:]:
+        up.upsample.register_forward_hook(lambda *_: calls.append(1))
+    layouts = []  # the memory format the decoder's first convolution receives
+    generator.decoder.decoder.conv_in.register_forward_pre_hook(
+        lambda _, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
     image = generator()
+    assert bool(calls) == (choices["decoder_upsample"] == "nearest_conv")
+    assert layouts == [choices["decoder_layout"] == "channels_last"]
     assert (image - exact).abs().mean() < 0.02  # bf16 rounding, not another function
     image.square().sum().backward()
     assert generator.z.grad is not None and generator.z.grad.abs().sum() > 0
@@ -177,3 +186,12 @@ def test_a_precision_this_cpu_only_emulates_is_named_in_a_warning(monkeypatch):
     with pytest.warns(precision.EmulatedPrecisionWarning, match="precision=bf16 is emulated"):
         assert precision.resolve_precision("bf16", torch.device("cpu")) == "bf16"
     assert precision.resolve_precision("auto", torch.device("cpu")) == "fp32"  # and no warning
+
+
+@pytest.mark.parametrize("kind", ["avx512", "avx2"])
+def test_emulated_bf16_keeps_the_resampling_products_in_fp32(kind, monkeypatch):
+    """The rule's one change where bf16 is only emulated: its products cost 18x fp32's."""
+    monkeypatch.setattr(kernels, "cpu_kind", lambda: kind)
+    assert kernel_plan("cpu", BF16).resample == "fp32"
+    monkeypatch.setattr(kernels, "cpu_kind", lambda: "avx512_bf16")
+    assert kernel_plan("cpu", BF16).resample == "reduced"

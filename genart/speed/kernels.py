@@ -95,26 +95,46 @@ def device_kind(device: torch.device | str) -> str:
 
 # ---------------------------------------------------------------- the rule
 
-_MEASURED_AMD = "measured on a 2-core AMD EPYC (Zen 4, AVX512-BF16, no AMX), docs/speed.md"
+_AMD = "measured on a 2-core AMD EPYC (AVX512-BF16, no AMX); docs/speed.md"
+_AMD_POSED = "measured on that AMD EPYC held to {isa} (ONEDNN_MAX_CPU_ISA…); docs/speed.md"
+_FP32 = dict(  # the libraries' own arithmetic: fp32 pixels stay those of taming and open_clip
+    decoder_upsample="nearest_conv", decoder_layout="channels_last", attention="library"
+)
+_NATIVE_BF16 = dict(
+    decoder_upsample="phases",  # 4/9 of the multiply-adds, no 4x upsampled tensor
+    decoder_layout="contiguous",  # GroupNorm's channels_last bf16 backward is slow (ATen)
+    decoder_reduced="autocast",  # GroupNorm and the softmax stay fp32 under autocast
+    guide_reduced="cast",  # CPU autocast re-casts every weight on every call
+    attention="bmm",  # two bf16 products and an fp32 softmax beat SDPA's math path
+    resample="reduced",
+)
+_EMULATED_BF16 = dict(  # asked for, not native: keep bf16 rounding, spare what costs most
+    _NATIVE_BF16,
+    resample="fp32",  # emulated bf16 products: 18x the fp32 ones at 64² (AVX2 pose)
+)
 
-# (kind, reduced?) → the choices. Kinds not listed fall back to the row of the nearest ISA.
+# (kind, reduced?) → the choices. Every kind has both rows; `rule` says what stands behind each.
 _RULES: dict[tuple[str, bool], dict[str, str]] = {
-    ("avx512_bf16", True): dict(
-        decoder_upsample="phases",
-        decoder_layout="contiguous",
+    ("avx512_bf16", True): dict(_NATIVE_BF16, rule=_AMD),
+    ("avx512_bf16", False): dict(_FP32, rule=_AMD),
+    ("amx_bf16", True): dict(
+        _NATIVE_BF16,
+        rule="not measured (no AMX machine since the plans came in): the AVX512-BF16 row, whose "
+        "choices only remove work or copies; measure with python -m genart.tools.kernel_bench",
+    ),
+    ("amx_bf16", False): dict(_FP32, rule="fp32: the libraries' own kernels, as on every CPU"),
+    ("avx512", True): dict(_EMULATED_BF16, rule=_AMD_POSED.format(isa="AVX512_CORE")),
+    ("avx512", False): dict(_FP32, rule=_AMD_POSED.format(isa="AVX512_CORE")),
+    ("avx2", True): dict(_EMULATED_BF16, rule=_AMD_POSED.format(isa="AVX2")),
+    ("avx2", False): dict(_FP32, rule=_AMD_POSED.format(isa="AVX2")),
+    ("other", True): dict(
+        _FP32,
         decoder_reduced="autocast",
         guide_reduced="cast",
-        attention="bmm",
         resample="reduced",
-        rule=_MEASURED_AMD,
+        rule="not measured (ARM and older x86): the libraries' own kernels",
     ),
-    ("avx512_bf16", False): dict(
-        decoder_upsample="nearest_conv",
-        decoder_layout="channels_last",
-        attention="library",
-        resample="reduced",
-        rule=_MEASURED_AMD,
-    ),
+    ("other", False): dict(_FP32, rule="not measured (ARM and older x86): the libraries' own"),
 }
 
 
@@ -122,19 +142,12 @@ def kernel_plan(device: torch.device | str, dtype: torch.dtype) -> KernelPlan:
     """The plan for `device` at compute `dtype`: the rule's row for its kind (see _RULES)."""
     kind = device_kind(device)
     name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-    reduced = dtype != torch.float32
     if kind in ("cuda", "mps"):
-        return _gpu_plan(kind, name, reduced)
-    row = _RULES.get((kind, reduced)) or _RULES[(_nearest_measured(kind), reduced)]
-    return KernelPlan(kind=kind, dtype=name, **row)
+        return _gpu_plan(kind, name)
+    return KernelPlan(kind=kind, dtype=name, **_RULES[(kind, dtype != torch.float32)])
 
 
-def _nearest_measured(kind: str) -> str:
-    """A kind without its own measured row uses the row of the ISA closest below it."""
-    return {"amx_bf16": "avx512_bf16"}.get(kind, "avx512_bf16")
-
-
-def _gpu_plan(kind: str, name: str, reduced: bool) -> KernelPlan:
+def _gpu_plan(kind: str, name: str) -> KernelPlan:
     """GPUs: the libraries' own fused kernels (cuDNN convs, SDPA), channels_last for convs."""
     return KernelPlan(
         kind=kind,
