@@ -5,6 +5,7 @@ sampler steps through (genart.samplers); the text conditioning from the prompt s
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import warnings
@@ -68,8 +69,10 @@ def scheduler_class(name: str) -> type:
 def build_scheduler(settings: SamplerSettings, model_config: Mapping):
     """The scheduler class named in the settings, from the model's own config plus overrides,
     as diffusers' docs swap schedulers (`LCMScheduler.from_config(pipe.scheduler.config)`)."""
-    overrides = plain(settings.scheduler_config or {})
-    return scheduler_class(settings.scheduler).from_config({**model_config, **overrides})
+    cls = scheduler_class(settings.scheduler)
+    accepted = inspect.signature(cls.__init__).parameters
+    base = {k: v for k, v in model_config.items() if k in accepted}  # another class's keys: quiet
+    return cls.from_config({**base, **plain(settings.scheduler_config or {})})  # a typo warns
 
 
 def load_pretrained(
