@@ -76,11 +76,6 @@ def test_every_loss_reaches_theta():
         assert run.generator.z.grad.abs().sum() > 0, name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a generator option can pick the updater only once conf/config.yaml lists `updater` "
-    "before `generator` (Hydra visits the defaults list backwards); docs/sdxl.md",
-)
 def test_sdxl_samples_by_default_and_a_typed_updater_wins():
     assert compose(["generator=sdxl_tiny"]).updater._target_ == "genart.samplers.SampleUpdater"
     typed = compose(["generator=sdxl_tiny", "updater=gradient"]).updater._target_
