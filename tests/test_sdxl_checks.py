@@ -184,7 +184,7 @@ def loras(tmp_path_factory):
     attention, or only self-attention, whose widths match sdxl_tiny's), and not a LoRA at all."""
     import copy
 
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
     root, model = tmp_path_factory.mktemp("loras"), tiny_generator()
     files = {
@@ -200,6 +200,9 @@ def loras(tmp_path_factory):
         "junk": root / "junk.safetensors",
         "weights": root / "weights.safetensors",
     }
+    files["old_te"] = root / "old_te.safetensors"  # text encoder keys as transformers 4 named them
+    state = load_file(files["right"])
+    save_file({k.replace("text_encoder.", "text_encoder.text_model."): v for k, v in state.items()}, files["old_te"])  # fmt: skip
     files["junk"].write_bytes(b"not a safetensors file")
     save_file({"conv_in.weight": torch.zeros(32, 4, 3, 3)}, files["weights"])  # a model, no LoRA
     return files
@@ -209,6 +212,7 @@ def test_a_lora_for_this_model_passes_and_changes_the_model(tiny, loras):
     from genart.generators.sdxl import load_lora
 
     check_lora_fits(tiny.pipe, loras["right"])
+    check_lora_fits(tiny.pipe, loras["old_te"])  # diffusers strips text_model. for transformers 5
     generator = tiny_generator()
     before = generator.unet.mid_block.attentions[0].transformer_blocks[0].attn2.to_k.weight.clone()
     load_lora(generator.pipe, {"pretrained": {"path": str(loras["right"])}, "scale": 1.0})
