@@ -355,7 +355,7 @@ def finish(cfg: DictConfig, run: Run, targets: list) -> float:
     report = {"step": run.step, "score": score, "image": lambda: image}
     for callback in run.callbacks:  # one dict: each may add what later ones read (video, totals)
         callback.on_end(report)
-    write_result(run.run_dir, cfg, run.meta, "ok", score=score, env=run.env)
+    write_result(run.run_dir, cfg, run.meta, "ok", score=score, env=run.env, steps=run.steps)
     return score
 
 
@@ -367,13 +367,16 @@ def write_result(
     score: float | None = None,
     error: str | None = None,
     env: dict | None = None,
+    steps: int | None = None,
 ) -> None:
-    """result.json, the one record sweeps, galleries and presets read (ok and failed runs alike)."""
+    """result.json, the one record sweeps, galleries and presets read (ok and failed runs alike).
+
+    `steps`: the steps the run ran (a sampler's own count), when known; else the config's."""
     result = {
         "status": status,
         "score": None if score is None or math.isnan(score) else score,
         "seed": cfg.get("seed"),
-        "steps": cfg.get("steps"),
+        "steps": cfg.get("steps") if steps is None else steps,
         "overrides": meta.get("overrides", []),
         "error": error,
         **(env or {}),
