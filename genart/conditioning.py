@@ -37,8 +37,8 @@ def weighted_mean(parts: list[TextEmbeds], weights: list[float]) -> TextEmbeds:
     """Σ w·e / Σ w over the parts (w > 0); a single part is returned as it is, bit for bit."""
     if len(parts) == 1:
         return parts[0]
-    w = torch.tensor(weights, dtype=torch.float64)
-    w = (w / w.sum()).tolist()
+    total = sum(weights)  # Python floats: no tensor is read back on the step (no host sync)
+    w = [wi / total for wi in weights]
     hidden = sum(wi * p.hidden for wi, p in zip(w, parts, strict=True))
     pooled = sum(wi * p.pooled for wi, p in zip(w, parts, strict=True))
     return TextEmbeds(hidden, pooled)
@@ -65,10 +65,11 @@ class PromptConditioning:
 
     def weights(self, step: int) -> list[tuple[str, float]]:
         """(text, a_p = time_p(step) · w_p) for each text prompt; image prompts condition nothing."""
-        active = self.schedule.active(step).tolist()
-        prompts = self.schedule.prompts
+        # PromptSchedule.active's window, in Python: no tensor is read back on the step
         return [
-            (p.text, p.weight * a) for p, a in zip(prompts, active, strict=True) if not p.is_image
+            (p.text, p.weight * float(p.start <= step < p.end))
+            for p in self.schedule.prompts
+            if not p.is_image
         ]
 
     def side(self, step: int, sign: int) -> TextEmbeds | None:
