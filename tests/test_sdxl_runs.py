@@ -80,3 +80,29 @@ def test_sdxl_samples_by_default_and_a_typed_updater_wins():
     assert compose(["generator=sdxl_tiny"]).updater._target_ == "genart.samplers.SampleUpdater"
     typed = compose(["generator=sdxl_tiny", "updater=gradient"]).updater._target_
     assert typed == "genart.updaters.GradientUpdater"
+
+
+def test_sampling_frames_are_decoded_x0_previews_in_the_video_and_wandb(tmp_path, monkeypatch):
+    from hydra.utils import instantiate
+
+    from genart.samplers import SampleUpdater
+    from tests.sdxl_helpers import no_objective
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = [*SDXL, "size=[32,32]", "save_every=1", "log_every=1"]
+    run_tiny(tmp_path, [*run, "logger=wandb"])
+    frames = [np.asarray(Image.open(tmp_path / f"frames/{s:05d}.png")) for s in (1, 2, 3, 4)]
+    # the preview moves (x̂0 of the last two Euler steps nearly agree: 1% of values differ)
+    assert (frames[0] != frames[1]).mean() > 0.5 and (frames[1] != frames[2]).mean() > 0.3
+    generator = instantiate(compose([*TINY, *run]).generator)
+    updater = SampleUpdater(generator)
+    for step in range(2):
+        updater.step(no_objective, generator, step)
+    with torch.no_grad():
+        x0 = generator()[0].permute(1, 2, 0).numpy() * 255  # (H, W, 3): x̂0 after step 2, decoded
+    assert np.abs(frames[1] - x0).max() <= 1
+    assert (tmp_path / "trajectory.mp4").stat().st_size > 0
+    (media,) = (tmp_path / "wandb").glob("offline-run-*/files/media/images")
+    logged = sorted(media.glob("image_*.png"), key=lambda p: int(p.name.split("_")[1]))
+    assert len(logged) == 4  # one W&B image per logged step
+    assert np.array_equal(np.asarray(Image.open(logged[1]))[..., :3], frames[1][..., :3])
