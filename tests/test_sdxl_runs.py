@@ -85,8 +85,7 @@ def test_sdxl_samples_by_default_and_a_typed_updater_wins():
 def test_sampling_frames_are_decoded_x0_previews_in_the_video_and_wandb(tmp_path, monkeypatch):
     from hydra.utils import instantiate
 
-    from genart.samplers import SampleUpdater
-    from tests.sdxl_helpers import no_objective
+    from genart.samplers import DiffusionSampler
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     run = [*SDXL, "size=[32,32]", "save_every=1", "log_every=1"]
@@ -95,14 +94,32 @@ def test_sampling_frames_are_decoded_x0_previews_in_the_video_and_wandb(tmp_path
     # the preview moves (x̂0 of the last two Euler steps nearly agree: 1% of values differ)
     assert (frames[0] != frames[1]).mean() > 0.5 and (frames[1] != frames[2]).mean() > 0.3
     generator = instantiate(compose([*TINY, *run]).generator)
-    updater = SampleUpdater(generator)
+    sampler = DiffusionSampler(generator)
     for step in range(2):
-        updater.step(no_objective, generator, step)
+        _, x0 = sampler.step(step, generator.conditioning(step))  # (1, 4, h, w)
     with torch.no_grad():
-        x0 = generator()[0].permute(1, 2, 0).numpy() * 255  # (H, W, 3): x̂0 after step 2, decoded
+        x0 = generator.decode_latent(x0)[0].permute(1, 2, 0).numpy() * 255  # (H, W, 3)
     assert np.abs(frames[1] - x0).max() <= 1
     assert (tmp_path / "trajectory.mp4").stat().st_size > 0
     (media,) = (tmp_path / "wandb").glob("offline-run-*/files/media/images")
     logged = sorted(media.glob("image_*.png"), key=lambda p: int(p.name.split("_")[1]))
     assert len(logged) == 4  # one W&B image per logged step
     assert np.array_equal(np.asarray(Image.open(logged[1]))[..., :3], frames[1][..., :3])
+
+
+@pytest.mark.slow
+def test_a_sweep_over_seeds_and_wordings_samples_each(tmp_path):
+    import json
+
+    from tests.conftest import cli
+
+    sweep = [*SDXL, "guide=clip_tiny", "logger=none", "size=[32,32]", "seed=0,1"]
+    out = cli("genart", *sweep, "prompts.text=a red fox,a blue sea", "-m", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (sweep_dir,) = (tmp_path / "outputs/multirun").glob("*/*")
+    jobs = sorted(p for p in sweep_dir.iterdir() if p.name.isdigit())
+    assert len(jobs) == 4
+    results = [json.loads((job / "result.json").read_text()) for job in jobs]
+    assert all(r["status"] == "ok" and r["steps"] == 4 for r in results)
+    images = {np.asarray(Image.open(job / "final.png")).tobytes() for job in jobs}
+    assert len(images) == 4  # every seed and every wording makes its own image
