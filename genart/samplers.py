@@ -26,7 +26,9 @@ class DiffusionSampler:
         self.rng = torch.Generator(device).manual_seed(int(settings.seed))
         pipe.scheduler.set_timesteps(settings.steps, device=device)  # retrieve_timesteps
         self.timesteps = pipe.scheduler.timesteps
-        dtype = model.text_encoder_2.dtype  # the pipeline's prompt_embeds.dtype
+        # x_t and the scheduler's arithmetic in fp32 (the pipeline's prompt_embeds.dtype at fp32);
+        # a UNet cast below fp32 (SDXLGenerator.set_precision) gets its inputs cast at its call
+        dtype = torch.float32
         width, height = model.size
         channels = model.unet.config.in_channels
         self.latents = pipe.prepare_latents(1, channels, height, width, dtype, device, self.rng)
@@ -59,14 +61,16 @@ class DiffusionSampler:
             latents = torch.cat([latents] * 2)
         else:
             hidden, pooled, time_ids = pos.hidden, pos.pooled, self.time_ids
-        noise = self.model.unet(
-            self.pipe.scheduler.scale_model_input(latents, t),
+        unet = self.model.unet
+        cast = lambda x: None if x is None else x.to(unet.dtype)  # noqa: E731
+        noise = unet(
+            cast(self.pipe.scheduler.scale_model_input(latents, t)),
             t,
-            encoder_hidden_states=hidden,
-            timestep_cond=self.timestep_cond,
-            added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
+            encoder_hidden_states=cast(hidden),
+            timestep_cond=cast(self.timestep_cond),
+            added_cond_kwargs={"text_embeds": cast(pooled), "time_ids": cast(time_ids)},
             return_dict=False,
-        )[0]
+        )[0].float()
         if not self.guided:
             return noise
         uncond, text = noise.chunk(2)

@@ -68,9 +68,7 @@ def test_a_preset_saved_from_an_sdxl_run_reproduces_it(tmp_path):
 
     genart(*SDXL, "guide=clip_tiny", "logger=none", "size=[32,32]", "prompts.text=sea")
     (first,) = (tmp_path / "outputs").glob("2*/*")
-    save = cli(
-        "genart.presets", "save", str(first), "--name", "sea_sdxl", cwd=tmp_path, env=env
-    )
+    save = cli("genart.presets", "save", str(first), "--name", "sea_sdxl", cwd=tmp_path, env=env)
     assert save.returncode == 0, save.stderr
     text = (presets / "preset/sea_sdxl.yaml").read_text()
     assert "\nprecision: auto\n" not in text, "the precision auto chose is frozen"

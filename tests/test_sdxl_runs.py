@@ -123,3 +123,29 @@ def test_a_sweep_over_seeds_and_wordings_samples_each(tmp_path):
     assert all(r["status"] == "ok" and r["steps"] == 4 for r in results)
     images = {np.asarray(Image.open(job / "final.png")).tobytes() for job in jobs}
     assert len(images) == 4  # every seed and every wording makes its own image
+
+
+def test_below_fp32_the_unet_and_text_encoders_cast_and_the_vae_and_latents_stay_fp32(tmp_path):
+    from contextlib import nullcontext
+    from pathlib import Path
+
+    from genart.render import Run, build
+
+    cfg = compose([*TINY, "generator=sdxl_tiny", "size=[32,32]", "precision=bf16"])
+    run = Run(run_dir=Path("unused"), config={}, meta={})
+    build(cfg, run)
+    generator = run.generator
+    assert generator.unet.dtype == generator.text_encoder_2.dtype == torch.bfloat16
+    assert generator.vae.dtype == torch.float32  # SDXL's VAE overflows in fp16
+    assert run.autocast is nullcontext  # the generator's own hook, not render's autocast
+    assert run.updater.sampler.latents.dtype == torch.float32
+    reduced = sample(generator)
+    node = compose([*TINY, "generator=sdxl_tiny", "size=[32,32]", "precision=fp32"]).generator
+    full = sample(instantiate_generator(node))
+    assert reduced.dtype == torch.float32 and (reduced - full).abs().mean() < 0.02
+
+
+def instantiate_generator(node):
+    from hydra.utils import instantiate
+
+    return instantiate(node)

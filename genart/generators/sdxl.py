@@ -249,6 +249,16 @@ class SDXLGenerator(Generator):
             getattr(self, name).eval()
         return self
 
+    def set_precision(self, dtype: torch.dtype, plan=None) -> None:
+        """Below fp32, cast the UNet and both text encoders to `dtype` once; the VAE keeps
+        generator.vae_dtype (SDXL's VAE overflows in fp16: the fp16-fix VAE is for that) and the
+        sampler keeps x_t fp32. At fp32 nothing changes, so the sampler equals the pipeline."""
+        if dtype == torch.float32:
+            return
+        for name in ("unet", "text_encoder", "text_encoder_2"):
+            getattr(self, name).to(dtype)
+        self.conditioning.cache.clear()  # texts encoded before the cast: re-encode at `dtype`
+
     def theta(self) -> list[torch.nn.Parameter]:
         return [self.z]
 
