@@ -18,8 +18,9 @@ SCHEDULERS = {
         "generator.sampler.cfg_scale=0",
     ],
     "lcm": ["generator.sampler.scheduler=LCMScheduler", "generator.sampler.cfg_scale=1.5"],
+    "euler_bf16": ["precision=bf16"],  # the UNet and text encoders cast (precision=auto here)
 }
-# 4 denoising steps, checkpoints at 2 and 4; fp32 so the comparison is the sampler's alone
+# 4 denoising steps, checkpoints at 2 and 4; fp32 unless a case says otherwise
 COMMON = [
     "generator=sdxl_tiny",
     "precision=fp32",
