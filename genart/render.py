@@ -141,6 +141,11 @@ def apply_init(cfg: DictConfig, run: Run) -> dict:
     image = load_init_image(cfg.init, run.generator.size)
     if image is None:
         return {}
+    unused = getattr(run.updater, "init_unused", None)  # an updater that starts θ its own way
+    if unused:
+        import warnings
+
+        warnings.warn(unused, stacklevel=2)
     with torch.no_grad():
         run.generator.encode(image.to(run.generator.theta()[0].device))
         init_image, latent = run.generator(), run.generator.latent()

@@ -135,6 +135,11 @@ class SampleUpdater:
     """
 
     advice_on_nan = "lower generator.sampler.cfg_scale"
+    init_unused = (
+        "updater=sample starts from the sampler's own noise, so the init image (init.image or "
+        "init.make) does not shape the picture; only init losses compare against it. To start "
+        "from the image, optimise the latent instead: updater=gradient."
+    )
 
     def __init__(self, generator, autocast=nullcontext):
         self.sampler = DiffusionSampler(generator)

@@ -76,3 +76,9 @@ def test_a_preset_saved_from_an_sdxl_run_reproduces_it(tmp_path):
     second = next(p for p in (tmp_path / "outputs").glob("2*/*") if p != first)
     image = np.asarray(Image.open(first / "final.png"))
     assert np.array_equal(image, np.asarray(Image.open(second / "final.png")))
+
+
+def test_an_init_image_that_sampling_cannot_use_is_said(tmp_path):
+    overrides = ["+preset=doorways/mars_luna", *SDXL, "size=[32,32]", "generator.sampler.steps=1"]
+    with pytest.warns(UserWarning, match="updater=sample starts from the sampler's own noise"):
+        run_tiny(tmp_path, overrides)
