@@ -195,3 +195,11 @@ def test_emulated_bf16_keeps_the_resampling_products_in_fp32(kind, monkeypatch):
     assert kernel_plan("cpu", BF16).resample == "fp32"
     monkeypatch.setattr(kernels, "cpu_kind", lambda: "avx512_bf16")
     assert kernel_plan("cpu", BF16).resample == "reduced"
+
+
+def test_fp16_on_a_cpu_without_fp16_units_is_named_in_a_warning(monkeypatch):
+    monkeypatch.setattr(precision, "_proc_cpu_flags", lambda: {"avx512_bf16", "avx512f"})
+    with pytest.warns(precision.EmulatedPrecisionWarning, match="no AVX512-FP16 or AMX-FP16"):
+        precision.resolve_precision("fp16", torch.device("cpu"))
+    monkeypatch.setattr(precision, "_proc_cpu_flags", lambda: {"avx512_fp16"})
+    assert precision.cpu_native("fp16")

@@ -42,10 +42,9 @@ EXEMPT = {
     f"diffusers{os.sep}schedulers{os.sep}": "diffusers' CPU-side schedule",
     # torch's Adam keeps its step count on the CPU unless capturable/fused and reads it there
     f"torch{os.sep}optim{os.sep}": "Adam's CPU step count",
-    # KNOWN, not genart's SDXL code: resample_crops moves the boxes to the image's device, then
-    # sample_weights sizes its loop by int(grid.max()), one read-back per step on a GPU (for VQGAN
-    # too); computing the bound from the CPU boxes first would remove it (genart/speed/resample.py)
-    f"genart{os.sep}speed{os.sep}resample.py": "the crop grid's loop bound",
+    # resample_crops sizes its loop (most_samples) from the boxes before they move to the image's
+    # device: the cutouts draw them on the CPU, so on a GPU this reads no device memory
+    f"genart{os.sep}speed{os.sep}resample.py": "the crop grid's loop bound, from CPU boxes",
 }
 
 

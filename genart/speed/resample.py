@@ -29,7 +29,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def sample_weights(lo: Tensor, hi: Tensor, size: int, length: int) -> Tensor:
+def most_samples(lo: Tensor, hi: Tensor, size: int) -> int:
+    """The largest number of samples per output pixel among the crops [lo, hi) on one axis."""
+    return int(torch.ceil((hi - lo) / size).clamp(min=1).max()) if len(lo) else 0
+
+
+def sample_weights(lo: Tensor, hi: Tensor, size: int, length: int, samples: int) -> Tensor:
     """(N, size, length) 1-D weights of roi_align(aligned=True, sampling_ratio=-1) on one axis.
 
     Output pixel p of crop [lo, hi) averages g = ceil((hi − lo) / size) bilinear samples at
@@ -42,7 +47,7 @@ def sample_weights(lo: Tensor, hi: Tensor, size: int, length: int) -> Tensor:
     pixels = torch.arange(size, dtype=lo.dtype, device=lo.device)  # (S,)
     taps = torch.arange(length, dtype=lo.dtype, device=lo.device)  # (L,)
     weights = lo.new_zeros(lo.shape[0], size, length)
-    for i in range(int(grid.max()) if len(grid) else 0):
+    for i in range(samples):  # most_samples(lo, hi, size), read where the boxes were made
         x = (lo - 0.5)[:, None] + pixels * step[:, None] + ((i + 0.5) * step / grid)[:, None]
         keep = (i < grid[:, None]) & (x >= -1) & (x <= length)  # (N, S)
         hat = (1 - (taps - x.clamp(0, length - 1)[..., None]).abs()).clamp(min=0)  # (N, S, L)
@@ -77,10 +82,12 @@ def resample_crops(
     n, (_, c, h, w) = boxes.shape[0], image.shape
     if n == 0:
         return image.new_zeros(0, c, size, size)
-    boxes, dtype = boxes.to(image), dtype or image.dtype
+    boxes = boxes.to(dtype=image.dtype)  # loop bounds from the boxes where they were made
+    samples = [most_samples(boxes[:, a], boxes[:, a + 2], size) for a in (1, 0)]  # (CPU: no sync)
+    boxes, dtype = boxes.to(image.device), dtype or image.dtype
     alpha = prefilter_amount(boxes, size)[:, None, None]  # (N, 1, 1)
-    rows = sample_weights(boxes[:, 1], boxes[:, 3], size, h)  # (N, S, H)
-    cols = sample_weights(boxes[:, 0], boxes[:, 2], size, w)  # (N, S, W)
+    rows = sample_weights(boxes[:, 1], boxes[:, 3], size, h, samples[0])  # (N, S, H)
+    cols = sample_weights(boxes[:, 0], boxes[:, 2], size, w, samples[1])  # (N, S, W)
     # Down the rows, once per source: one matrix product each for all crops, no per-crop copy.
     image_rows = image[0].transpose(0, 1).reshape(h, c * w).to(dtype)  # (H, C·W)
     sharp = ((1 - alpha) * rows).reshape(n * size, h).to(dtype) @ image_rows  # (N·S, C·W)
