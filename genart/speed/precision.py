@@ -60,7 +60,7 @@ def warn_emulated(precision: str) -> None:
         limits = "; ".join(cpu_bf16()["limited_by"]) or "no AVX512-BF16 or AMX units"
     warnings.warn(
         f"precision={precision} is emulated on this CPU ({limits}): where measured, the step's "
-        "parts ran 40-60x slower than in fp32 (python -m genart.tools.kernel_bench). "
+        "parts ran 2x (AVX-512) to 30-60x (AVX2) slower than in fp32 (genart.tools.kernel_bench). "
         "Set precision=auto (fp32 here) unless you need this precision's rounding, e.g. to "
         "match a run from a CPU with native bf16 (pixels differ across CPU kinds anyway).",
         EmulatedPrecisionWarning,
