@@ -41,7 +41,8 @@ class DiffusionSampler:
             text_encoder_projection_dim=model.text_encoder_2.config.projection_dim,
         ).to(device)  # (1, 6)
         self.timestep_cond = guidance_embedding(model, self.cfg_scale, dtype)
-        pipe.scheduler.set_begin_index(0)
+        if hasattr(pipe.scheduler, "set_begin_index"):  # DDIM, DDPM, PNDM count no index
+            pipe.scheduler.set_begin_index(0)
 
     def __len__(self) -> int:
         return len(self.timesteps)
@@ -104,7 +105,8 @@ class DiffusionSampler:
             )
         self.latents = state["latents"].to(self.latents)
         self.rng.set_state(state["rng"])
-        self.pipe.scheduler.set_begin_index(int(state["step_index"] or 0))
+        if hasattr(self.pipe.scheduler, "set_begin_index"):
+            self.pipe.scheduler.set_begin_index(int(state["step_index"] or 0))
 
 
 def guidance_embedding(model, cfg_scale: float, dtype: torch.dtype) -> torch.Tensor | None:

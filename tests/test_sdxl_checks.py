@@ -88,7 +88,6 @@ def test_cfg_scale_at_or_above_zero_passes(value):
 
 # genart.samplers.DiffusionSampler calls scheduler.set_begin_index unguarded; the pipeline guards it
 # with hasattr, and these schedulers lack it (PNDM's warm-up Runge-Kutta steps also change the count)
-WITHOUT_BEGIN_INDEX = {"DDIMScheduler", "DDPMScheduler", "PNDMScheduler"}
 
 
 @pytest.mark.parametrize("name", sdxl_schedulers())
@@ -105,8 +104,6 @@ def test_every_offered_scheduler_samples_the_tiny_model(tiny, name):
         with pytest.raises(UserError, match=rf"needs the package {missing[-1]}.*pip install"):
             check_scheduler(name)
         return
-    if name in WITHOUT_BEGIN_INDEX:
-        pytest.xfail("genart.samplers calls set_begin_index, which this scheduler lacks")
     tiny.pipe.scheduler = check_scheduler(name).from_config(dict(tiny.scheduler.config))
     sampler = DiffusionSampler(tiny)
     for i in range(len(sampler)):
@@ -278,18 +275,6 @@ CLI = ["generator=sdxl_tiny", "guide=clip_tiny", "logger=none", "updater=sample"
 CLI += ["generator.sampler.steps=1", "size=[64,64]", "threads=1"]
 
 
-def wired(check, **changes) -> bool:
-    """Whether building the tiny generator with `changes` already raises (or warns) what `check`
-    expects, i.e. the generator calls sdxl_checks; the CLI tests below skip until it does."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            tiny_generator(**changes)
-        except Exception as err:  # noqa: BLE001 — an unwired generator fails any way it likes
-            return check(err)
-    return any(check(w.message) for w in caught)
-
-
 def one_paragraph(out, message: str, returncode: int = 2) -> None:
     assert out.returncode == returncode, out.stderr[-2000:]
     assert "Traceback" not in out.stderr and "HYDRA_FULL_ERROR" not in out.stderr, out.stderr
@@ -312,12 +297,10 @@ def test_cli_a_size_off_the_8_px_grid_is_rounded_with_one_paragraph(tmp_path):
 
 @pytest.mark.slow
 def test_cli_a_canvas_far_below_the_trained_size_warns(tmp_path):
-    if not wired(lambda e: isinstance(e, SmallCanvasWarning), size=[16, 16]):
-        pytest.skip("SDXLGenerator does not call sdxl_checks.warn_small_canvas yet")
     one_paragraph(run_cli(tmp_path, "size=[16,16]"), "of the 64×64 canvas", returncode=0)
 
 
-SAMPLER_CLI = [  # (override, the start of the paragraph, what shows sdxl_checks is wired)
+SAMPLER_CLI = [  # (override, the start of the paragraph, the sampler node it sets)
     ("generator.sampler.cfg_scale=-1", "generator.sampler.cfg_scale=-1 is not allowed", None),
     ("generator.sampler.cfg_scale=abc", "generator.sampler.cfg_scale=abc is not allowed", {"cfg_scale": "abc"}),
     ("+generator.sampler.cfg=3", "generator.sampler.cfg=3 is not a sampler setting", {"cfg": 3}),
@@ -331,18 +314,11 @@ SAMPLER_CLI = [  # (override, the start of the paragraph, what shows sdxl_checks
     "override, message, probe", SAMPLER_CLI, ids=[o for o, _, _ in SAMPLER_CLI]
 )
 def test_cli_a_bad_sampler_setting_is_one_paragraph(tmp_path, override, message, probe):
-    if probe is not None:
-        node = OmegaConf.to_container(compose(["generator=sdxl_tiny"]).generator.sampler)
-        if not wired(lambda e: message in str(e), sampler={**node, "seed": 0, **probe}):
-            pytest.skip("SDXLGenerator does not call sdxl_checks.check_sampler_node yet")
     one_paragraph(run_cli(tmp_path, override), message)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["sd15", "sd15_self"])
 def test_cli_a_lora_for_another_base_is_one_paragraph(tmp_path, loras, name):
-    lora = {"pretrained": {"path": str(loras[name])}, "scale": 1.0}
-    if not wired(lambda e: "layers do not fit it" in str(e), lora=lora):
-        pytest.skip("SDXLGenerator's load_lora does not call sdxl_checks.check_lora_fits yet")
     node = f"generator.lora={{scale: 1.0, pretrained: {{path: '{loras[name]}'}}}}"
     one_paragraph(run_cli(tmp_path, node), "is not a LoRA for this model")

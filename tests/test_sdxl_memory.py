@@ -376,18 +376,6 @@ CLI = ["generator=sdxl_tiny", "guide=clip_tiny", "logger=none", "updater=sample"
 CLI += ["generator.sampler.steps=1", "size=[64,64]", "threads=1"]
 
 
-def wired(**changes) -> bool:
-    """Whether the tiny generator takes `memory=` and casts its built models (dtype), i.e. calls
-    sdxl_memory; the CLI tests below skip until it does."""
-    try:
-        generator = tiny_generator(**changes)
-    except UserError:
-        return True
-    except TypeError:  # unexpected keyword argument 'memory'
-        return False
-    return generator.unet.dtype != torch.float32
-
-
 def run_cli(tmp_path, *overrides):
     from tests.conftest import cli
 
@@ -406,8 +394,6 @@ def run_cli(tmp_path, *overrides):
 def test_cli_an_impossible_memory_setting_is_one_paragraph(tmp_path, override, changes, message):
     if sdxl_memory.cpu_fp16_native():
         pytest.skip("this CPU computes fp16 natively: fp16 on it is allowed")
-    if not wired(**changes):
-        pytest.skip("SDXLGenerator does not call sdxl_memory (memory_options, check_memory) yet")
     out = run_cli(tmp_path, override)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     (line,) = [ln for ln in out.stderr.splitlines() if message in ln]
@@ -416,8 +402,6 @@ def test_cli_an_impossible_memory_setting_is_one_paragraph(tmp_path, override, c
 
 @pytest.mark.slow
 def test_cli_memory_options_that_fit_the_cpu_run(tmp_path):
-    if not wired(memory={"attention": "plain"}, dtype="bf16"):
-        pytest.skip("SDXLGenerator does not call sdxl_memory (memory_options, cast_models) yet")
     options = ["attention=plain", "vae_slicing=true", "vae_tiling=true", "tile_above=1"]
     out = run_cli(tmp_path, "generator.dtype=bf16", *(f"++generator.memory.{o}" for o in options))
     assert out.returncode == 0, out.stderr[-2000:]

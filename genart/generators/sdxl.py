@@ -20,6 +20,20 @@ import torch.nn.functional as F
 from genart.conditioning import PromptConditioning, TextEmbeds
 from genart.errors import UserError
 from genart.generators.base import Generator
+from genart.generators.sdxl_checks import (
+    check_lora_fits,
+    check_sampler_node,
+    check_scheduler,
+    warn_small_canvas,
+)
+from genart.generators.sdxl_memory import (
+    apply_memory,
+    cast_models,
+    check_memory,
+    check_vae_dtype,
+    memory_options,
+    offloaded_left_alone,
+)
 from genart.generators.vqgan import clamp_with_grad, plain
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -52,18 +66,7 @@ def round_size(size: Sequence[int], multiple: int = SIZE_MULTIPLE) -> tuple[int,
 
 def scheduler_class(name: str) -> type:
     """diffusers' scheduler class of that name; anything else is refused in one paragraph."""
-    import diffusers
-    from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
-
-    cls = getattr(diffusers, str(name), None)
-    if isinstance(cls, type) and issubclass(cls, SchedulerMixin):
-        return cls
-    known = sorted({e.name for e in KarrasDiffusionSchedulers} | {"LCMScheduler", "TCDScheduler"})
-    raise UserError(
-        f"generator.sampler.scheduler={name} is not a diffusers scheduler. Name one of diffusers' "
-        f"scheduler classes, e.g. generator.sampler.scheduler=EulerDiscreteScheduler; SDXL works "
-        f"with {', '.join(known)}."
-    )
+    return check_scheduler(name)
 
 
 def build_scheduler(settings: SamplerSettings, model_config: Mapping):
@@ -133,6 +136,7 @@ def load_lora(pipe, lora: Mapping) -> None:
     """Load and fuse a LoRA file (or a folder holding one) through diffusers' own
     `load_lora_weights`, which uses peft; one that does not fit the model is a UserError."""
     path = local_folder(lora["pretrained"])
+    check_lora_fits(pipe, path)
     where = (path, {}) if path.is_dir() else (path.parent, {"weight_name": path.name})
     try:
         with quiet("diffusers", "peft"):  # their log restates the error below, line by line
@@ -193,6 +197,7 @@ class SDXLGenerator(Generator):
         dtype: str = "fp32",
         vae_dtype: str = "fp32",
         device: str = "cpu",
+        memory: Mapping | None = None,
     ):
         super().__init__()
         from diffusers import StableDiffusionXLPipeline
@@ -207,6 +212,8 @@ class SDXLGenerator(Generator):
             dtype_named(dtype, "generator.dtype"),
             dtype_named(vae_dtype, "generator.vae_dtype"),
         )
+        memory = memory_options(memory)
+        check_memory(memory, weights, vae_weights, pick_device(str(device)))
         if pretrained is not None:
             parts, scheduler_config, zeros = load_pretrained(pretrained, weights, vae_weights)
         elif architecture is not None:
@@ -215,6 +222,8 @@ class SDXLGenerator(Generator):
             raise ValueError("SDXLGenerator needs pretrained (a repo snapshot) or an architecture")
         if vae is not None:
             parts["vae"] = load_vae(vae["pretrained"], vae_weights)
+        cast_models(parts, weights, vae_weights)  # sdxl_tiny's; loaded weights already are
+        check_vae_dtype(parts["vae"], vae_weights)
         for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
             setattr(self, name, parts[name].eval())  # registered submodules: .to() moves them
         self.pipe = StableDiffusionXLPipeline(
@@ -225,6 +234,8 @@ class SDXLGenerator(Generator):
         )
         if lora is not None:
             load_lora(self.pipe, lora)
+        apply_memory(self.pipe, memory, self.size, pick_device(str(device)))
+        warn_small_canvas(self.size, self.unet.config.sample_size, self.pipe.vae_scale_factor)
         self.requires_grad_(False)  # frozen models; z, made next, is the only parameter
         self.conditioning = PromptConditioning(prompts, self.encode_text, zeros)
         width, height = self.size
@@ -241,6 +252,10 @@ class SDXLGenerator(Generator):
     @property
     def scheduler(self):
         return self.pipe.scheduler
+
+    def _apply(self, fn, recurse=True):
+        with offloaded_left_alone(self):  # accelerate's hooks place offloaded models
+            return super()._apply(fn, recurse)
 
     def train(self, mode: bool = True) -> SDXLGenerator:
         """Only z trains; the frozen models stay in eval mode."""
@@ -314,6 +329,7 @@ class SDXLGenerator(Generator):
 
 def sampler_settings(node: Mapping) -> SamplerSettings:
     """The `sampler:` node, checked: steps ≥ 1, cfg_scale ≥ 0."""
+    check_sampler_node(plain(node))
     settings = SamplerSettings(**plain(node))
     if not isinstance(settings.steps, int) or settings.steps < 1:
         raise UserError(
