@@ -22,7 +22,10 @@ from tests.conftest import REPO, cli
 pytestmark = pytest.mark.slow
 
 TINY_SWEEP = ["generator=vqgan_tiny", "guide=clip_tiny", "logger=none", "steps=1", "size=[32,32]"]
-LONG = {"genart.bench": ["--help"]}  # minutes on the real architectures: its arguments only
+LONG = {  # minutes on the real architectures: their arguments only
+    "genart.bench": ["--help"],
+    "genart.tools.kernel_bench": ["--help"],
+}
 
 
 def readme_lines() -> list[list[str]]:
