@@ -65,3 +65,18 @@ def tiny_run(tmp_path):
         return run_tiny(tmp_path / name, list(overrides), resume)
 
     return _run
+
+
+def killed_at_step_3(monkeypatch):
+    """Interrupt the next run at its third step (checkpoint.pt of step 2 is saved); returns undo."""
+    import genart.render
+
+    real_step = genart.render.guided_step
+
+    def step(run, i):
+        if i == 2:
+            raise KeyboardInterrupt
+        return real_step(run, i)
+
+    monkeypatch.setattr(genart.render, "guided_step", step)
+    return lambda: monkeypatch.setattr(genart.render, "guided_step", real_step)

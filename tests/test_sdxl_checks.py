@@ -25,22 +25,9 @@ from genart.generators.sdxl_checks import (
     warn_small_canvas,
 )
 from tests.conftest import cli, compose
-from tests.sdxl_helpers import tiny_generator
+from tests.sdxl_helpers import one_thread, tiny, tiny_generator  # noqa: F401 (fixtures)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared 2-core machine two OpenMP
-    threads waiting on each other made a tiny UNet call 100x slower (3 s against 0.03 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return tiny_generator()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------- the sampler node

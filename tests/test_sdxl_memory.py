@@ -30,26 +30,13 @@ from genart.generators.sdxl_memory import (
     set_vae_tiling,
     wants_tiling,
 )
-from tests.sdxl_helpers import sample, tiny_generator
+from tests.sdxl_helpers import one_thread, sample, tiny, tiny_generator  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 MODELS = ("unet", "vae", "text_encoder", "text_encoder_2")
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 1)
 no_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared 2-core machine two OpenMP
-    threads waiting on each other made a tiny UNet call 100x slower (3 s against 0.03 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return tiny_generator()
 
 
 def parts(generator) -> dict:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import run_tiny
+from tests.conftest import killed_at_step_3, run_tiny
 from tests.recorder import changed_fraction, record
 
 SCHEDULERS = {
@@ -29,21 +29,6 @@ COMMON = [
     "save_every=2",
     "size=[32,32]",
 ]
-
-
-def killed_at_step_3(monkeypatch):
-    """Interrupt the next run at its third step (checkpoint.pt of step 2 is saved); returns undo."""
-    import genart.render
-
-    real_step = genart.render.guided_step
-
-    def step(run, i):
-        if i == 2:
-            raise KeyboardInterrupt
-        return real_step(run, i)
-
-    monkeypatch.setattr(genart.render, "guided_step", step)
-    return lambda: monkeypatch.setattr(genart.render, "guided_step", real_step)
 
 
 @pytest.mark.parametrize("name", list(SCHEDULERS))

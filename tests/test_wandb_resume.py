@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from tests.conftest import killed_at_step_3
 from tests.test_failed_resume import FAST, job
 
 # a sweep job's command line: the seed is left out of the W&B group (one group per wording)
@@ -16,21 +17,6 @@ SWEEP_JOB = [
     "seed=3",
 ]
 GROUP = "generator=vqgan_tiny,guide=clip_tiny,log_every=1,prompts.text=sea,save_every=2,size=[64,64],steps=4"
-
-
-def killed_at_step_3(monkeypatch):
-    """Interrupt the next run at its third step (checkpoint.pt of step 2 is saved); returns undo."""
-    import genart.render
-
-    real_step = genart.render.guided_step
-
-    def step(run, i):
-        if i == 2:
-            raise KeyboardInterrupt
-        return real_step(run, i)
-
-    monkeypatch.setattr(genart.render, "guided_step", step)
-    return lambda: monkeypatch.setattr(genart.render, "guided_step", real_step)
 
 
 def kill_then_resume(tmp_path, monkeypatch):
