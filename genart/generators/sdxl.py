@@ -27,6 +27,7 @@ from genart.generators.sdxl_checks import (
     warn_small_canvas,
 )
 from genart.generators.sdxl_memory import (
+    TEXT_ENCODERS,
     apply_memory,
     cast_models,
     check_memory,
@@ -270,8 +271,8 @@ class SDXLGenerator(Generator):
         sampler keeps x_t fp32. At fp32 nothing changes, so the sampler equals the pipeline."""
         if dtype == torch.float32:
             return
-        for name in ("unet", "text_encoder", "text_encoder_2"):
-            getattr(self, name).to(dtype)
+        parts = {name: getattr(self, name) for name in ("unet", "vae", *TEXT_ENCODERS)}
+        cast_models(parts, dtype, self.vae.dtype)  # quietly: diffusers warns on every .to(dtype)
         self.conditioning.cache.clear()  # texts encoded before the cast: re-encode at `dtype`
 
     def theta(self) -> list[torch.nn.Parameter]:
