@@ -51,7 +51,13 @@ def build(cfg: DictConfig, run: Run) -> None:
         seed_everything,
         set_threads,
     )
-    from genart.speed.precision import apply_precision, compile_models, resolve_precision
+    from genart.speed.kernels import kernel_plan
+    from genart.speed.precision import (
+        apply_precision,
+        compile_models,
+        dtype_of,
+        resolve_precision,
+    )
 
     threads = set_threads(cfg.get("threads"))
     device = pick_device(cfg.device)
@@ -66,7 +72,8 @@ def build(cfg: DictConfig, run: Run) -> None:
     run.cutouts = instantiate(
         cfg.cutouts, cut_size=cfg.cutouts.get("cut_size") or run.guide.input_size
     )
-    apply_precision([run.generator, run.guide, run.cutouts], precision)
+    plan = kernel_plan(device, dtype_of(precision))  # result.json records it (runtime.environment)
+    apply_precision([run.generator, run.guide, run.cutouts], precision, plan)
     if cfg.get("compile"):
         compile_models([run.generator, run.guide, run.cutouts])
     run.schedule = instantiate(cfg.prompts, _convert_="all")

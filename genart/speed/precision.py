@@ -126,26 +126,13 @@ def has_precision_hook(module: object) -> bool:
     return callable(getattr(module, "set_precision", None))
 
 
-def apply_precision(modules: Iterable[object], precision: str, plan=None):
+def apply_precision(modules: Iterable[object], precision: str, plan=None) -> None:
     """Call each model's `set_precision(dtype, plan)` (also at fp32: it picks the fastest exact
-    layout); `plan` is genart.speed.kernels' rule for the models' device, unless one is given.
-    Returns the plan (result.json records it)."""
-    from genart.speed.kernels import kernel_plan
-
-    modules, dtype = list(modules), dtype_of(precision)
-    plan = plan or kernel_plan(device_of(modules), dtype)
+    layout). Without a `plan`, each model takes genart.speed.kernels' rule for its device."""
+    dtype = dtype_of(precision)
     for module in modules:
         if has_precision_hook(module):
             module.set_precision(dtype, plan)
-    return plan
-
-
-def device_of(modules: Iterable[object]) -> torch.device:
-    """The device of the first module holding parameters (CPU when none does)."""
-    for module in modules:
-        for param in getattr(module, "parameters", lambda: iter(()))():
-            return param.device
-    return torch.device("cpu")
 
 
 def compile_models(modules: Iterable[object]) -> None:
