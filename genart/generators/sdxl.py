@@ -329,18 +329,13 @@ class SDXLGenerator(Generator):
 
 
 def sampler_settings(node: Mapping) -> SamplerSettings:
-    """The `sampler:` node, checked: steps ≥ 1, cfg_scale ≥ 0."""
+    """The `sampler:` node, checked: its keys, cfg_scale and scheduler (sdxl_checks), steps ≥ 1."""
     check_sampler_node(plain(node))
     settings = SamplerSettings(**plain(node))
     if not isinstance(settings.steps, int) or settings.steps < 1:
         raise UserError(
             f"generator.sampler.steps={settings.steps} is not allowed: the sampler's denoising "
             "steps must be a whole number ≥ 1, e.g. generator.sampler.steps=4."
-        )
-    if not settings.cfg_scale >= 0:
-        raise UserError(
-            f"generator.sampler.cfg_scale={settings.cfg_scale} is not allowed: classifier-free "
-            "guidance must be ≥ 0 (≤ 1 switches it off), e.g. generator.sampler.cfg_scale=5.0."
         )
     return settings
 
