@@ -19,12 +19,18 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "GENART_OFFLINE": "1", "WANDB_MODE": "offline"
 TINY = ["generator=vqgan_tiny", "guide=clip_tiny", "logger=none"]
 
 
+def user_environment() -> dict:
+    """os.environ without what an in-process W&B run of an earlier test put there: its service
+    address (WANDB_SERVICE), which a subprocess would otherwise join, as no user's shell does."""
+    return {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+
+
 def cli(module: str, *args: str, cwd: Path, env: dict | None = None, timeout: float = 600):
     """`python -m <module> <args>` as a user runs it: a subprocess, offline, output captured."""
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
-        env={**os.environ, **OFFLINE, **(env or {})},
+        env={**user_environment(), **OFFLINE, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
