@@ -122,8 +122,8 @@ def test_size_rounds_to_the_tile(size, used):
 def test_round_size_is_nearest_multiple():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert round_size([100, 70], 16) == (96, 64)
-        assert round_size([104, 72], 16) == (112, 80)
+        assert round_size([100, 70], 16, "VQGAN") == (96, 64)
+        assert round_size([104, 72], 16, "VQGAN") == (112, 80)
 
 
 def test_same_init_seed_same_model_whatever_the_global_rng():

@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
+
 import torch
 from torch import nn
+
+
+def round_size(size: Sequence[int], multiple: int, family: str) -> tuple[int, int]:
+    """(width, height) rounded to the nearest multiple of `multiple` (at least one), saying so."""
+    width, height = (max(multiple, int(s / multiple + 0.5) * multiple) for s in size)
+    if (width, height) != (int(size[0]), int(size[1])):
+        warnings.warn(
+            f"{family} renders multiples of {multiple} px: size {size[0]}x{size[1]} → using "
+            f"{width}x{height}",
+            stacklevel=3,
+        )
+    return width, height
 
 
 class Generator(nn.Module):

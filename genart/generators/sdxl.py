@@ -8,8 +8,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 
 from genart.conditioning import PromptConditioning, TextEmbeds
 from genart.errors import UserError
-from genart.generators.base import Generator
+from genart.generators.base import Generator, round_size
 from genart.generators.sdxl_checks import (
     check_lora_fits,
     check_sampler_node,
@@ -51,18 +50,6 @@ class SamplerSettings:
     cfg_scale: float  # classifier-free guidance (off at ≤ 1, as in the pipeline); not CLIP guidance
     seed: int  # the sampler's own torch.Generator: initial and ancestral noise
     scheduler_config: Mapping | None = None  # overrides on the model's scheduler_config.json
-
-
-def round_size(size: Sequence[int], multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
-    """(width, height) rounded to the nearest multiple of `multiple` (at least one)."""
-    width, height = (max(multiple, int(s / multiple + 0.5) * multiple) for s in size)
-    if (width, height) != (int(size[0]), int(size[1])):
-        warnings.warn(
-            f"SDXL renders multiples of {multiple} px: size {size[0]}x{size[1]} → using "
-            f"{width}x{height}",
-            stacklevel=3,
-        )
-    return width, height
 
 
 def scheduler_class(name: str) -> type:
@@ -208,7 +195,7 @@ class SDXLGenerator(Generator):
         if init not in INITS:
             raise UserError(f"generator.init={init} is not known; use one of {', '.join(INITS)}.")
         self.sampler = sampler_settings(sampler)
-        self.size = round_size(size)
+        self.size = round_size(size, SIZE_MULTIPLE, "SDXL")
         weights, vae_weights = (
             dtype_named(dtype, "generator.dtype"),
             dtype_named(vae_dtype, "generator.vae_dtype"),

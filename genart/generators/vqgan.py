@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -18,7 +17,7 @@ from taming.modules.vqvae.quantize import VectorQuantizer2
 from torch import nn
 
 from genart.errors import UserError
-from genart.generators.base import Generator
+from genart.generators.base import Generator, round_size
 from genart.pretrained import load_checkpoint
 from genart.speed.decoder import FastDecoder
 from genart.speed.kernels import plan_or_rule
@@ -57,18 +56,6 @@ def quantize_st(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """Straight-through quantisation: forward exactly q(z) (z + (q − z) would round), gradient
     of the identity."""
     return nearest_codes(z, codebook) + (z - z.detach())
-
-
-def round_size(size: Sequence[int], factor: int) -> tuple[int, int]:
-    """(width, height) rounded to the nearest multiple of `factor`, at least one tile."""
-    width, height = (max(factor, int(s / factor + 0.5) * factor) for s in size)
-    if (width, height) != (int(size[0]), int(size[1])):
-        warnings.warn(
-            f"VQGAN renders multiples of {factor} px: size {size[0]}x{size[1]} → using "
-            f"{width}x{height}",
-            stacklevel=3,
-        )
-    return width, height
 
 
 def plain(value: Any) -> Any:
@@ -183,7 +170,7 @@ class VQGANGenerator(Generator):
         super().__init__()
         ddconfig = plain(ddconfig)
         self.factor = 2 ** (len(ddconfig["ch_mult"]) - 1)
-        self.size = round_size(size, self.factor)
+        self.size = round_size(size, self.factor, "VQGAN")
         self.model = build_model(ddconfig, int(n_embed), int(embed_dim), pretrained, int(init_seed))
         codebook = self.codebook  # (K, D)
         self.register_buffer("z_min", codebook.amin(0).view(1, -1, 1, 1))  # (1, D, 1, 1)
