@@ -30,7 +30,7 @@ TOP_LEVEL_KEYS = (
     *("preset", "refine"),
     # conf/config.yaml
     *("seed", "steps", "size", "device", "precision", "compile", "threads"),
-    *("log_every", "save_every", "resume", "init", "security", "score"),
+    *("log_every", "save_every", "resume", "init", "security", "score", "clip_guidance"),
 )
 
 # A step holds at least this many image-sized fp32 tensors: θ (pixels), its gradient, Adam's two
@@ -69,7 +69,8 @@ _ABSENT = object()  # a key the config does not have (None is a value: `threads:
 
 def check_config(cfg: DictConfig) -> None:
     """Every check, cheap ones first; the first problem found is raised."""
-    for check in (check_known_keys, check_numbers, check_size, check_cutouts, check_losses):
+    checks = (check_known_keys, check_numbers, check_size, check_cutouts, check_losses)
+    for check in (*checks, check_clip_guidance):
         check(cfg)
     check_device(cfg)  # last: the only one that imports torch
 
@@ -156,6 +157,25 @@ def check_losses(cfg: DictConfig) -> None:
             f"set in use has no {name} loss whose settings losses.{name}.… could change). Add it "
             f"with its class, e.g. +losses.{name}._target_={target} +losses.{name}.weight={weight}"
             f"{elsewhere}. genart's losses: {', '.join(classes)} (in genart.losses)."
+        )
+
+
+def check_clip_guidance(cfg: DictConfig) -> None:
+    """clip_guidance's values; and guidance asked of an updater that does not sample, which would
+    be silently ignored (the gradient updater already moves θ along the objective's gradient)."""
+    from genart.guidance import clip_guidance
+
+    node = cfg.get("clip_guidance")
+    if node is None:
+        return
+    settings = clip_guidance(OmegaConf.to_container(node, resolve=True))
+    target = str((cfg.get("updater") or {}).get("_target_", ""))
+    if settings.scale and not target.endswith("SampleUpdater"):
+        raise UserError(
+            f"clip_guidance.scale={settings.scale:g} steers diffusion sampling (updater=sample, "
+            f"the default of generator=sdxl…), but this run's updater is {target or 'unset'}, "
+            "which moves θ along the objective's gradient itself and would ignore it. Use "
+            "generator=sdxl_tiny (or sdxl) with updater=sample, or set clip_guidance.scale=0."
         )
 
 

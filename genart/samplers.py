@@ -43,6 +43,9 @@ class DiffusionSampler:
         self.timestep_cond = guidance_embedding(model, self.cfg_scale, dtype)
         if hasattr(pipe.scheduler, "set_begin_index"):  # DDIM, DDPM, PNDM count no index
             pipe.scheduler.set_begin_index(0)
+        # positional prompts through overlapping windows (MultiDiffusion; genart.windows)
+        positional = getattr(getattr(model, "conditioning", None), "positional", False)
+        self.windowed = getattr(model, "windows", None) is not None and positional
 
     def __len__(self) -> int:
         return len(self.timesteps)
@@ -52,42 +55,82 @@ class DiffusionSampler:
         """The pipeline's do_classifier_free_guidance: cfg_scale > 1 and no guidance embedding."""
         return self.cfg_scale > 1 and self.model.unet.config.time_cond_proj_dim is None
 
-    def noise(self, latents: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
-        """ε̂(x_t, t), with classifier-free guidance ε̂_neg + s·(ε̂_pos − ε̂_neg) when guided."""
-        pos, neg = cond.positive, cond.negative
-        if self.guided:
-            hidden = torch.cat([neg.hidden, pos.hidden])  # (2, 77, D)
-            pooled = torch.cat([neg.pooled, pos.pooled])  # (2, D2)
-            time_ids = self.time_ids.repeat(2, 1)  # negative_add_time_ids = add_time_ids
-            latents = torch.cat([latents] * 2)
-        else:
-            hidden, pooled, time_ids = pos.hidden, pos.pooled, self.time_ids
+    def unet_noise(
+        self, latents: torch.Tensor, t: torch.Tensor, embeds_at, step: int
+    ) -> torch.Tensor:
+        """ε̂(x_t, t) for one side: `embeds_at(x)` is its embeddings at horizontal position x in
+        [0, 1]. One UNet call over the canvas (at x = 0.5), or, when the generator has windows and
+        the prompts are positional (`self.windowed`), the windows' blend (genart.windows), each
+        window conditioned at its centre."""
+        if not self.windowed:
+            return self.unet_call(latents, t, embeds_at(0.5), self.time_ids)
+        windows, f = self.model.windows, self.pipe.vae_scale_factor
+        centres = windows.centres(latents.shape[-1])
+        return windows.blend(
+            latents,
+            lambda crop, j: self.unet_call(
+                crop,
+                t,
+                embeds_at(centres[j]),
+                self.model.window_time_ids(crop.shape[-2] * f, crop.shape[-1] * f),
+            ),
+        )
+
+    def unet_call(self, latents, t, embeds, time_ids) -> torch.Tensor:
         unet = self.model.unet
         cast = lambda x: None if x is None else x.to(unet.dtype)  # noqa: E731
-        noise = unet(
+        return unet(
             cast(self.pipe.scheduler.scale_model_input(latents, t)),
             t,
-            encoder_hidden_states=cast(hidden),
+            encoder_hidden_states=cast(embeds.hidden),
             timestep_cond=cast(self.timestep_cond),
-            added_cond_kwargs={"text_embeds": cast(pooled), "time_ids": cast(time_ids)},
+            added_cond_kwargs={"text_embeds": cast(embeds.pooled), "time_ids": cast(time_ids)},
             return_dict=False,
         )[0].float()
+
+    def text_noise(self, latents: torch.Tensor, t, cond, step: int) -> torch.Tensor:
+        """ε̂_text: the prompts' side (what CLIP guidance differentiates), position by position
+        when windowed."""
+        if self.windowed:
+            return self.unet_noise(latents, t, lambda x: self.model.conditioning.at(step, x), step)
+        return self.unet_noise(latents, t, lambda x: cond.positive, step)
+
+    def uncond_noise(self, latents: torch.Tensor, t, cond, step: int) -> torch.Tensor | None:
+        """ε̂_neg (the same in every window), or None without classifier-free guidance."""
         if not self.guided:
-            return noise
-        uncond, text = noise.chunk(2)
-        return uncond + self.cfg_scale * (text - uncond)
+            return None
+        return self.unet_noise(latents, t, lambda x: cond.negative, step)
+
+    def combine(self, text: torch.Tensor, uncond: torch.Tensor | None) -> torch.Tensor:
+        """Classifier-free guidance ε̂_neg + s·(ε̂_text − ε̂_neg), or ε̂_text unguided.
+
+        The two sides are separate UNet calls (not the pipeline's batch of two): a guided step
+        reuses ε̂_text's forward for x̂0 (genart.guidance) and must equal this arithmetic exactly."""
+        return text if uncond is None else uncond + self.cfg_scale * (text - uncond)
+
+    def noise(self, latents: torch.Tensor, t: torch.Tensor, cond, step: int = 0) -> torch.Tensor:
+        """ε̂(x_t, t), with classifier-free guidance when guided."""
+        uncond = self.uncond_noise(latents, t, cond, step)
+        return self.combine(self.text_noise(latents, t, cond, step), uncond)
 
     @torch.no_grad()
-    def step(self, i: int, cond, autocast=nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
-        """x_t → x_{t-1} at timestep i; returns (x_{t-1}, x̂0), the predicted clean latent."""
+    def advance(self, i: int, noise: torch.Tensor, latents: torch.Tensor | None = None):
+        """The scheduler's step from x_t (the sampler's, or a guided one) with ε̂; returns
+        (x_{t-1}, x̂0), the predicted clean latent."""
         t = self.timesteps[i]
-        with autocast():
-            noise = self.noise(self.latents, t, cond)
-        out = self.pipe.scheduler.step(noise, t, self.latents, **self.extra, return_dict=True)
+        latents = self.latents if latents is None else latents
+        out = self.pipe.scheduler.step(noise, t, latents, **self.extra, return_dict=True)
         self.latents = out.prev_sample
         x0 = getattr(out, "pred_original_sample", None)  # Euler, Euler ancestral, DDIM
         x0 = getattr(out, "denoised", None) if x0 is None else x0  # LCM
         return self.latents, (self.latents if x0 is None else x0)
+
+    @torch.no_grad()
+    def step(self, i: int, cond, autocast=nullcontext) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t → x_{t-1} at timestep i; returns (x_{t-1}, x̂0), the predicted clean latent."""
+        with autocast():
+            noise = self.noise(self.latents, self.timesteps[i], cond, i)
+        return self.advance(i, noise)
 
     def state_dict(self) -> dict:
         """Latents, RNG and scheduler position (enough for Euler, Euler ancestral and LCM)."""
@@ -128,38 +171,83 @@ def sample_latents(model) -> torch.Tensor:
 
 
 class SampleUpdater:
-    """Plain sampling as an updater: each step is one denoising step of the generator's sampler.
+    """Diffusion sampling as an updater: each step is one denoising step of the generator's sampler.
 
-    The objective is measured on the decoded x̂0 (the predicted clean image: the frames, stats and
-    NaN checks read it) but does not steer the sampler yet. Afterwards θ holds x̂0, and after the
-    last step the final latent, so the run's image is the sampler's. The step count is the
-    sampler's (generator.sampler.steps), not the run's `steps`.
+    Plain (clip_guidance.scale 0): the objective is measured on the decoded x̂0 (the predicted
+    clean image: the frames, stats and NaN checks read it) but does not steer. Guided steps
+    (genart.guidance): the objective, evaluated on x̂0 of ε̂_text before the step, steers it; the
+    step reports that objective. Afterwards θ holds x̂0, and after the last step the final latent,
+    so the run's image is the sampler's. The step count is the sampler's (generator.sampler.steps),
+    not the run's `steps`.
     """
 
-    advice_on_nan = "lower generator.sampler.cfg_scale"
+    advice_on_nan = "lower generator.sampler.cfg_scale or clip_guidance.scale"
     init_unused = (
         "updater=sample starts from the sampler's own noise, so the init image (init.image or "
         "init.make) does not shape the picture; only init losses compare against it. To start "
         "from the image, optimise the latent instead: updater=gradient."
     )
 
-    def __init__(self, generator, autocast=nullcontext):
+    def __init__(self, generator, autocast=nullcontext, clip_guidance=None):
+        from genart.guidance import GuidanceRule
+        from genart.guidance import clip_guidance as checked
+
         self.sampler = DiffusionSampler(generator)
         self.autocast = autocast  # the run's: below fp32, for generators without their own hook
+        self.guidance = checked(clip_guidance)
+        self.rule = None
+        if self.guidance.scale:
+            self.rule = GuidanceRule(generator.pipe.scheduler, self.sampler.timesteps)
+            if self.guidance.decoder == "taesd" and not hasattr(generator, "decode_fast"):
+                from genart.errors import UserError
+
+                raise UserError(
+                    "clip_guidance.decoder=taesd needs a generator with a TAESD decoder "
+                    "(generator.taesd); this one has none. Use clip_guidance.decoder=vae."
+                )
 
     def total_steps(self, steps: int) -> int:
         """The sampler's own number of steps; the run's `steps` counts optimisation steps."""
         return len(self.sampler)
 
     def step(self, objective, generator, step: int) -> dict:
-        """One denoising step; the objective's terms and stats on the decoded x̂0."""
-        latents, x0 = self.sampler.step(step, generator.conditioning(step), self.autocast)
+        """One denoising step; the objective's terms and stats (of x̂0 after a plain step, of the
+        x̂0 that steered a guided one)."""
+        if self.guidance.active(step):
+            latents, x0, out = self.guided_step(objective, generator, step)
+        else:
+            latents, x0 = self.sampler.step(step, generator.conditioning(step), self.autocast)
         generator.set_latent(latents if step == len(self.sampler) - 1 else x0)
+        if self.guidance.active(step):
+            return out
         with torch.no_grad():
             with self.autocast():
                 image = generator().float()  # (1, 3, H, W) in [0, 1]
             total, terms, stats = objective(image, step)
         return {"terms": terms, "total": total, **stats}
+
+    def guided_step(self, objective, generator, step: int):
+        """ε̂_neg without grad; ε̂_text with grad, once; x̂0 → decoder → objective; g = ∂loss/∂x_t
+        moves the step by the rule of genart.guidance (the community pipeline's cond_fn)."""
+        from genart import guidance
+
+        sampler, rule, scale = self.sampler, self.rule, float(self.guidance.scale)
+        t, cond, x = sampler.timesteps[step], generator.conditioning(step), sampler.latents
+        with torch.no_grad(), self.autocast():
+            uncond = sampler.uncond_noise(x, t, cond, step)
+        leaf = x.detach().requires_grad_()
+        with torch.enable_grad():
+            with self.autocast():
+                text = sampler.text_noise(leaf, t, cond, step)
+            with self.autocast():
+                image = guidance.decode(generator, rule.x0(leaf, text, step), self.guidance.decoder)
+            total, terms, stats = objective(image.float(), step)
+            grad = guidance.gradient(total, leaf)
+        noise = sampler.combine(text.detach(), uncond)
+        latents, noise = rule.apply(x, noise, grad, scale, step)
+        x_next, x0 = sampler.advance(step, noise, latents)
+        out = {"terms": {k: v.detach() for k, v in terms.items()}, "total": total.detach(), **stats}
+        return x_next, x0, out
 
     def state_dict(self) -> dict:
         return self.sampler.state_dict()
