@@ -1,0 +1,168 @@
+"""CLIP guidance of SDXL sampling (genart.guidance), tested as guidance, not only as plumbing:
+with its gradient zeroed a guided run is plain sampling exactly, and with a scale it ends with a
+lower objective than plain sampling from the same seed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from genart.errors import UserError
+from tests.conftest import compose
+from tests.sdxl_helpers import one_thread  # noqa: F401  (fixture)
+
+BASE = [
+    "generator=sdxl_tiny",
+    "guide=clip_tiny",
+    "logger=none",
+    "precision=fp32",
+    "size=[48,32]",
+    "cutouts.cutn=16",
+]
+SCHEDULERS = {
+    "euler": ["generator.sampler.scheduler=EulerDiscreteScheduler"],
+    "turbo": [  # ancestral: fresh noise from the sampler's own generator at every step
+        "generator.sampler.scheduler=EulerAncestralDiscreteScheduler",
+        "+generator.sampler.scheduler_config.timestep_spacing=trailing",
+        "generator.sampler.cfg_scale=0",
+    ],
+    "lcm": ["generator.sampler.scheduler=LCMScheduler", "generator.sampler.cfg_scale=1.5"],
+}
+
+
+def built(tmp_path: Path, *overrides: str):
+    """A run as genart.render builds it (generator, guide, cutouts, prompts, losses, updater,
+    objective), without its loop."""
+    from genart.render import Run, build, build_objective, embed_targets
+
+    cfg = compose([*BASE, *overrides])
+    run = Run(run_dir=tmp_path, config={}, meta={})
+    build(cfg, run)
+    run.objective = build_objective(run, embed_targets(run), {})
+    return run
+
+
+def sample(run) -> torch.Tensor:
+    """Every denoising step, as render's loop takes them; the final latents."""
+    for step in range(run.steps):
+        run.updater.step(run.objective, run.generator, step)
+    return run.updater.sampler.latents.detach().clone()
+
+
+def final_objective(run, draws: int = 8) -> float:
+    """The objective of the final image, averaged over fixed seeded draws of the cutouts, so two
+    runs are measured on the same views."""
+    with torch.no_grad():
+        image = run.generator()
+        totals = []
+        for k in range(draws):
+            torch.manual_seed(100 + k)
+            totals.append(float(run.objective(image, run.steps - 1)[0]))
+    return sum(totals) / draws
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_guidance_with_its_gradient_zeroed_is_plain_sampling_exactly(
+    tmp_path,
+    monkeypatch,
+    one_thread,
+    name,
+):
+    from genart import guidance
+
+    steps = ["generator.sampler.steps=4", *SCHEDULERS[name]]
+    plain_run = built(tmp_path, *steps)
+    start = plain_run.updater.sampler.latents.clone()
+    plain = sample(plain_run)
+    assert (plain - start).abs().mean() > 0.1  # sampling moves the latents a long way
+
+    real, grads = guidance.gradient, []
+
+    def zeroed(total, latents):
+        grad = real(total, latents)  # the objective evaluated and differentiated, as guided
+        grads.append(float(grad.abs().sum()))
+        return torch.zeros_like(grad)
+
+    monkeypatch.setattr(guidance, "gradient", zeroed)
+    guided = sample(built(tmp_path, *steps, "clip_guidance.scale=10000"))
+    assert len(grads) == 4 and min(grads) > 0  # every step guided, each with a real gradient
+    assert torch.equal(guided, plain)
+
+
+def test_guidance_lowers_the_objective_for_every_seed(tmp_path, one_thread):
+    steps = "generator.sampler.steps=8"
+    for seed in range(4):
+        plain = final_objective_of(built(tmp_path, steps, f"seed={seed}"))
+        guided = final_objective_of(
+            built(tmp_path, steps, f"seed={seed}", "clip_guidance.scale=10000")
+        )
+        assert guided < plain - 1e-3, (seed, plain, guided)
+
+
+def final_objective_of(run) -> float:
+    sample(run)
+    return final_objective(run)
+
+
+def test_every_start_and_end_pick_the_guided_steps():
+    from genart.guidance import clip_guidance
+
+    chosen = clip_guidance({"scale": 1.0, "every": 3, "start": 2, "end": 9})
+    assert [s for s in range(12) if chosen.active(s)] == [2, 5, 8]
+    assert not any(clip_guidance({"scale": 0}).active(s) for s in range(5))
+    assert [s for s in range(4) if clip_guidance({"scale": 2}).active(s)] == [0, 1, 2, 3]
+
+
+def test_only_guided_steps_differentiate(tmp_path, monkeypatch, one_thread):
+    from genart import guidance
+
+    seen = []
+    real = guidance.gradient
+    monkeypatch.setattr(guidance, "gradient", lambda t, x: seen.append(1) or real(t, x))
+    run = built(
+        tmp_path,
+        "generator.sampler.steps=6",
+        "clip_guidance.scale=100",
+        "clip_guidance.every=2",
+        "clip_guidance.start=1",
+        "clip_guidance.end=5",
+    )
+    sample(run)
+    assert len(seen) == 2  # steps 1 and 3
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("clip_guidance.scale=-1", "clip_guidance.scale=-1 is not allowed"),
+        ("clip_guidance.scale=lots", "clip_guidance.scale='lots' is not allowed"),
+        ("clip_guidance.every=0", "clip_guidance.every=0 is not allowed"),
+        ("clip_guidance.end=0", "clip_guidance.end=0 is not allowed"),
+        ("clip_guidance.decoder=jpeg", "clip_guidance.decoder='jpeg' is not known"),
+        ("+clip_guidance.scael=3", "clip_guidance.scael is not a setting"),
+    ],
+)
+def test_bad_guidance_settings_are_refused_in_one_paragraph(override, words):
+    from genart.checks import check_config
+
+    with pytest.raises(UserError) as err:
+        check_config(compose([*BASE, override]))
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_guidance_on_the_gradient_updater_is_refused():
+    from genart.checks import check_config
+
+    with pytest.raises(UserError, match="would ignore it"):
+        check_config(compose(["generator=vqgan_tiny", "guide=clip_tiny", "clip_guidance.scale=5"]))
+
+
+def test_a_scheduler_without_a_guidance_rule_is_refused(tmp_path, one_thread):
+    with pytest.raises(UserError, match="does not support HeunDiscreteScheduler"):
+        built(
+            tmp_path,
+            "generator.sampler.scheduler=HeunDiscreteScheduler",
+            "clip_guidance.scale=10",
+        )
