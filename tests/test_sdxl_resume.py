@@ -20,6 +20,8 @@ SCHEDULERS = {
     "lcm": ["generator.sampler.scheduler=LCMScheduler", "generator.sampler.cfg_scale=1.5"],
     "euler_bf16": ["precision=bf16"],  # the UNet and text encoders cast (precision=auto here)
 }
+GUIDED = "clip_guidance.scale=1000"  # CLIP steers every step: the objective's RNG is resumed too
+SCHEDULERS |= {f"{name}_guided": [*SCHEDULERS[name], GUIDED] for name in ("euler", "turbo", "lcm")}
 # 4 denoising steps, checkpoints at 2 and 4; fp32 unless a case says otherwise
 COMMON = [
     "generator=sdxl_tiny",
