@@ -35,6 +35,7 @@ from genart.generators.sdxl_memory import (
     offloaded_left_alone,
 )
 from genart.generators.vqgan import clamp_with_grad, plain
+from genart.windows import check_windows, positional_windows
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 INITS = ("noise", "sample")
@@ -169,6 +170,8 @@ class SDXLGenerator(Generator):
     from `pretrained` (a local repo snapshot) or, when it is None, random from `architecture`
     (genart.generators.sdxl_tiny) and `init_seed`. `init`: noise (z ~ N(0, 1)) or sample (z = the
     latent the plain sampler makes, so latent optimisation starts from an SDXL image).
+    `windows` ({width, stride} in pixels, or None): with anchored prompts, the sampler denoises
+    overlapping windows, each conditioned on the prompt mix at its centre (genart.windows).
     """
 
     def __init__(
@@ -186,6 +189,7 @@ class SDXLGenerator(Generator):
         vae_dtype: str = "fp32",
         device: str = "cpu",
         memory: Mapping | None = None,
+        windows: Mapping | None = None,
     ):
         super().__init__()
         from diffusers import StableDiffusionXLPipeline
@@ -228,6 +232,10 @@ class SDXLGenerator(Generator):
         self.conditioning = PromptConditioning(prompts, self.encode_text, zeros)
         width, height = self.size
         f = self.pipe.vae_scale_factor
+        self.windows = positional_windows(
+            check_windows(plain(windows), f), self.conditioning, width // f
+        )
+        self.time_ids_cache: dict[tuple, torch.Tensor] = {}
         self.z = torch.nn.Parameter(
             torch.randn(1, self.unet.config.in_channels, height // f, width // f)
         )
@@ -261,6 +269,23 @@ class SDXLGenerator(Generator):
         parts = {name: getattr(self, name) for name in ("unet", "vae", *TEXT_ENCODERS)}
         cast_models(parts, dtype, self.vae.dtype)  # quietly: diffusers warns on every .to(dtype)
         self.conditioning.cache.clear()  # texts encoded before the cast: re-encode at `dtype`
+
+    def window_time_ids(self, crop_height_px: int, crop_width_px: int) -> torch.Tensor:
+        """SDXL's six micro-conditioning ids (1, 6) for a window: its own size as original and
+        target size, crop (0, 0), built as genart.samplers builds the whole canvas's. A window
+        is then a picture of its own size, as SDXL was trained on, not a crop of a bigger one
+        (which would ask for a picture cut off at its edges)."""
+        key = (crop_height_px, crop_width_px, self.z.device)
+        if key not in self.time_ids_cache:
+            size = (crop_height_px, crop_width_px)
+            self.time_ids_cache[key] = self.pipe._get_add_time_ids(
+                size,  # original_size
+                (0, 0),  # crops_coords_top_left
+                size,  # target_size
+                dtype=torch.float32,
+                text_encoder_projection_dim=self.text_encoder_2.config.projection_dim,
+            ).to(self.z.device)
+        return self.time_ids_cache[key]
 
     def theta(self) -> list[torch.nn.Parameter]:
         return [self.z]
