@@ -226,13 +226,37 @@ def find_pretrained_nodes(cfg_container: Any, prefix: str = "") -> list[tuple[st
 
 
 def resolve_all_pretrained(cfg):
-    """Point every `pretrained:` node at a local file or folder, before any heavy import."""
+    """Point every `pretrained:` node at a local file or folder, before any heavy import.
+
+    A model the run will not use (`unused_models`) is set to null instead: an offline run with
+    clip_guidance.decoder=vae never needs TAESD's weights."""
     from omegaconf import OmegaConf
 
     container = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in unused_models(container):
+        parent, _, name = dotted.rpartition(".")
+        node = _select(container, parent)
+        if isinstance(node, dict) and node.get(name) is not None:
+            node[name] = None
     for key, node in find_pretrained_nodes(container):
         node["path"] = str(resolve_pretrained(node, key))
     return OmegaConf.create(container)
+
+
+def unused_models(container: dict) -> list[str]:
+    """Optional models this config declares but will not use: the generator's TAESD unless CLIP
+    guidance decodes with it."""
+    guidance = container.get("clip_guidance") or {}
+    if guidance.get("scale") and guidance.get("decoder") == "taesd":
+        return []
+    return ["generator.taesd"]
+
+
+def _select(container: Any, dotted: str) -> Any:
+    node = container
+    for name in dotted.split("."):
+        node = node.get(name) if isinstance(node, dict) else None
+    return node
 
 
 # ---------------------------------------------------------------- configs that say `weights:`

@@ -166,3 +166,29 @@ def test_a_scheduler_without_a_guidance_rule_is_refused(tmp_path, one_thread):
             "generator.sampler.scheduler=HeunDiscreteScheduler",
             "clip_guidance.scale=10",
         )
+
+
+@pytest.mark.parametrize(
+    "guided, decoder, needed", [(0, "taesd", False), (10, "vae", False), (10, "taesd", True)]
+)
+def test_taesd_weights_are_looked_up_only_when_guidance_decodes_with_them(
+    tmp_path, monkeypatch, guided, decoder, needed
+):
+    from omegaconf import OmegaConf
+
+    from genart.pretrained import resolve_all_pretrained
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))  # empty: nothing cached
+    monkeypatch.setenv("GENART_OFFLINE", "1")
+    taesd = {"hf_repo": "madebyollin/taesdxl", "path": None, "revision": None}
+    cfg = OmegaConf.create(
+        {
+            "generator": {"taesd": {"pretrained": taesd}},
+            "clip_guidance": {"scale": guided, "decoder": decoder},
+        }
+    )
+    if needed:
+        with pytest.raises(UserError, match="generator.taesd.pretrained.path"):
+            resolve_all_pretrained(cfg)
+    else:
+        assert resolve_all_pretrained(cfg).generator.taesd is None

@@ -137,7 +137,9 @@ def test_a_resolved_config_node_loads(tmp_path, monkeypatch):
     monkeypatch.setattr(W, "is_reachable", no_network)
     folder = saved(tmp_path / "taesd", TINY_TAESD)
     node = {"pretrained": {**REAL["pretrained"], "path": str(folder)}}
-    cfg = W.resolve_all_pretrained(OmegaConf.create({"generator": {"taesd": node}}))
+    guided = {"scale": 1, "decoder": "taesd"}  # else the unused TAESD is not looked up at all
+    config = {"generator": {"taesd": node}, "clip_guidance": guided}
+    cfg = W.resolve_all_pretrained(OmegaConf.create(config))
     taesd = load_taesd(cfg.generator.taesd, torch.bfloat16, "cpu")
     assert taesd.dtype == torch.bfloat16
     assert decode_taesd(taesd, latent()).dtype == torch.float32  # fp32 out whatever the weights
@@ -195,7 +197,8 @@ def test_offline_with_an_empty_cache_is_the_missing_repo_paragraph(tmp_path, mon
     monkeypatch.setenv("GENART_OFFLINE", "1")
     monkeypatch.setattr(W, "is_reachable", no_network)
     (tmp_path / "hub").mkdir()
-    cfg = OmegaConf.create({"generator": {"taesd": REAL}})
+    guided = {"scale": 1, "decoder": "taesd"}  # else the unused TAESD is not looked up at all
+    cfg = OmegaConf.create({"generator": {"taesd": REAL}, "clip_guidance": guided})
     with pytest.raises(W.PretrainedNotFound) as error:
         W.resolve_all_pretrained(cfg)
     message = str(error.value)
