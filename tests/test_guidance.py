@@ -91,14 +91,20 @@ def test_guidance_with_its_gradient_zeroed_is_plain_sampling_exactly(
     assert torch.equal(guided, plain)
 
 
-def test_guidance_lowers_the_objective_for_every_seed(tmp_path, one_thread):
-    steps = "generator.sampler.steps=8"
+@pytest.mark.parametrize(
+    "family, steps",
+    [  # a sigma scheduler moves x_t, an alpha scheduler moves ε̂ (genart.guidance.GuidanceRule)
+        ("euler", ["generator.sampler.steps=8"]),
+        ("lcm", ["generator.sampler.steps=4", *SCHEDULERS["lcm"]]),
+    ],
+)
+def test_guidance_lowers_the_objective_for_every_seed(tmp_path, one_thread, family, steps):
     for seed in range(4):
-        plain = final_objective_of(built(tmp_path, steps, f"seed={seed}"))
+        plain = final_objective_of(built(tmp_path, *steps, f"seed={seed}"))
         guided = final_objective_of(
-            built(tmp_path, steps, f"seed={seed}", "clip_guidance.scale=10000")
+            built(tmp_path, *steps, f"seed={seed}", "clip_guidance.scale=10000")
         )
-        assert guided < plain - 1e-3, (seed, plain, guided)
+        assert guided < plain - 1e-3, (family, seed, plain, guided)
 
 
 def final_objective_of(run) -> float:
