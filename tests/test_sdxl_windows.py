@@ -311,8 +311,6 @@ def test_a_windows_time_ids_are_its_own_size_without_crop():
 
 # ---------------------------------------------------------------- the spy on the UNet
 
-TEXTS = ("entrance to the heaven realm", "entrance to the hell realm")
-
 
 def spy_on_windows(generator) -> list[dict]:
     """Every UNet call: its latent width, conditioning, time ids and the window it was made for."""
@@ -403,12 +401,10 @@ def test_in_a_doorway_run_the_left_windows_get_the_left_prompt(tmp_path, monkeyp
         for h, p in rows:
             assert torch.allclose(h, hidden[0], atol=1e-5)
             assert torch.allclose(p, pooled[0], atol=1e-5)
-    heaven, hell = (
-        expected_at(generator, -1.0, "heaven", "hell"),
-        expected_at(generator, 1.0, "heaven", "hell"),
-    )
-    left_rows = positive_rows(calls, 0)[0][0]
-    assert (left_rows - heaven[0][0]).norm() < (left_rows - hell[0][0]).norm()
+    heaven, _ = expected_at(generator, -1.0, "heaven", "hell")  # the left prompt alone
+    hell, _ = expected_at(generator, 1.0, "heaven", "hell")
+    leftmost = positive_rows(calls, 0)[0][0]  # (77, D): the window over the left columns
+    assert (leftmost - heaven[0]).norm() < (leftmost - hell[0]).norm()
 
     _, swapped = doorway_run(tmp_path / "b", monkeypatch, "hell", "heaven")
     for j in range(3):
