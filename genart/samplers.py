@@ -59,11 +59,11 @@ class DiffusionSampler:
         self, latents: torch.Tensor, t: torch.Tensor, embeds_at, step: int
     ) -> torch.Tensor:
         """ε̂(x_t, t) for one side: `embeds_at(x)` is its embeddings at horizontal position x in
-        [0, 1]. One UNet call over the canvas (at x = 0.5), or, when the generator has windows and
+        [-1, 1] (genart's view centres). One UNet call over the canvas (at x = 0), or, when the generator has windows and
         the prompts are positional (`self.windowed`), the windows' blend (genart.windows), each
         window conditioned at its centre."""
         if not self.windowed:
-            return self.unet_call(latents, t, embeds_at(0.5), self.time_ids)
+            return self.unet_call(latents, t, embeds_at(0.0), self.time_ids)
         windows, f = self.model.windows, self.pipe.vae_scale_factor
         centres = windows.centres(latents.shape[-1])
         return windows.blend(
@@ -198,12 +198,14 @@ class SampleUpdater:
         self.rule = None
         if self.guidance.scale:
             self.rule = GuidanceRule(generator.pipe.scheduler, self.sampler.timesteps)
-            if self.guidance.decoder == "taesd" and not hasattr(generator, "decode_fast"):
+            if self.guidance.decoder == "taesd" and getattr(generator, "taesd", None) is None:
                 from genart.errors import UserError
 
                 raise UserError(
-                    "clip_guidance.decoder=taesd needs a generator with a TAESD decoder "
-                    "(generator.taesd); this one has none. Use clip_guidance.decoder=vae."
+                    "clip_guidance.decoder=taesd needs the generator's TAESD, but this generator "
+                    "has none (generator.taesd is null, or the generator is not SDXL). Set "
+                    "generator.taesd as conf/generator/sdxl.yaml does, or use "
+                    "clip_guidance.decoder=vae."
                 )
 
     def total_steps(self, steps: int) -> int:

@@ -10,7 +10,6 @@ doorway's two sides: windows").
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping
 
 import torch
@@ -32,11 +31,13 @@ class Windows:
 
     def layout(self, latent_width: int) -> list[tuple[int, int]]:
         """(x0, x1) latent column ranges: `width // f` wide, every `stride // f`, the last one
-        flush with the right edge, so every column is covered; a canvas no wider than one window
-        is one window, the whole canvas."""
-        size, step = self.width // self.scale_factor, self.stride // self.scale_factor
-        if latent_width <= size:
+        flush with the right edge, so every column is covered. A window is at most half the
+        canvas wide (its stride shrinks in proportion), so any canvas gets at least two windows (three
+        with half-window strides) and its two sides their own prompts: doorway's 512-px canvas on SDXL gets 256-px windows."""
+        size = min(self.width // self.scale_factor, latent_width // 2)
+        if size < 1:  # a canvas one column wide is one window
             return [(0, latent_width)]
+        step = max(1, size * self.stride // self.width)
         starts = [*range(0, latent_width - size, step), latent_width - size]
         return [(x0, x0 + size) for x0 in starts]
 
@@ -113,23 +114,10 @@ def check_windows(node: Mapping | None, scale_factor: int) -> Windows | None:
     return Windows(int(node["width"]), int(node["stride"]), scale_factor)
 
 
-class NarrowCanvasWarning(UserWarning):
-    """A canvas no wider than one window: its two sides get the same conditioning."""
-
-
 def positional_windows(windows: Windows | None, conditioning, latent_width: int) -> Windows | None:
     """The windows when the prompts are anchored (else None: one whole-canvas call, as the
     pipeline makes), their centres' positional weights computed now rather than on a step."""
     if windows is None or not conditioning.positional:
         return None
-    if len(windows.layout(latent_width)) == 1:
-        warnings.warn(
-            f"The canvas is {latent_width * windows.scale_factor} px wide, no wider than one "
-            f"window (generator.windows.width={windows.width}), so SDXL conditions it as one "
-            "piece and its left and right cannot follow different prompts. Widen size or set a "
-            "smaller generator.windows.width.",
-            NarrowCanvasWarning,
-            stacklevel=3,
-        )
     conditioning.cache_positions(windows.centres(latent_width))
     return windows

@@ -5,7 +5,6 @@ UNet's inputs in a real `+preset=doorway generator=sdxl_tiny` run and in a direc
 
 from __future__ import annotations
 
-import warnings
 import zlib
 
 import pytest
@@ -14,7 +13,7 @@ import torch
 from genart.conditioning import PromptConditioning, TextEmbeds
 from genart.errors import UserError
 from genart.prompts import PromptSchedule
-from genart.windows import NarrowCanvasWarning, Windows, check_windows
+from genart.windows import Windows, check_windows
 from tests.conftest import run_tiny
 from tests.sdxl_helpers import one_thread, tiny_generator  # noqa: F401 (a fixture)
 
@@ -45,12 +44,14 @@ def test_every_latent_column_is_covered(image, width, stride, f):
 def test_windows_are_the_width_asked_and_the_last_is_flush(image, width, stride, f):
     windows = Windows(width, stride, f)
     layout = windows.layout(image // f)
-    assert all(x1 - x0 == width // f for x0, x1 in layout)
-    assert windows.pixel_widths(image // f) == [width] * len(layout)
+    size = min(width // f, image // f // 2)  # at most half the canvas
+    assert all(x1 - x0 == size for x0, x1 in layout) and len(layout) >= 2
+    assert windows.pixel_widths(image // f) == [size * f] * len(layout)
     assert layout[-1][1] == image // f
     starts = [x0 for x0, _ in layout]
     assert starts[0] == 0 and all(
-        0 < b - a <= stride // f for a, b in zip(starts, starts[1:], strict=False)
+        0 < b - a <= max(1, size * stride // width)
+        for a, b in zip(starts, starts[1:], strict=False)
     )
 
 
@@ -58,11 +59,16 @@ def test_sdxl_tiny_puts_three_windows_on_a_64_px_canvas():
     assert Windows(32, 16, 2).layout(32) == [(0, 16), (8, 24), (16, 32)]
 
 
-@pytest.mark.parametrize("latent_width", [1, 16, 64])
-def test_a_canvas_no_wider_than_a_window_is_one_window(latent_width):
+@pytest.mark.parametrize("latent_width", [16, 64])
+def test_a_canvas_no_wider_than_a_window_gets_windows_half_its_width(latent_width):
     windows = Windows(512, 256, 8)  # 64 latent columns
-    assert windows.layout(latent_width) == [(0, latent_width)]
-    assert windows.centres(latent_width) == [0.0]
+    half, quarter = latent_width // 2, latent_width // 4
+    assert windows.layout(latent_width) == [(0, half), (quarter, quarter + half), (half, 2 * half)]
+    assert windows.centres(latent_width) == [-0.5, 0.0, 0.5]
+
+
+def test_a_canvas_one_column_wide_is_one_window():
+    assert Windows(512, 256, 8).layout(1) == [(0, 1)]
 
 
 @pytest.mark.parametrize("image, width, stride, f", LAYOUTS)
@@ -286,13 +292,10 @@ def test_the_generator_has_windows_only_for_anchored_prompts():
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_a_narrow_canvas_warns_once_that_its_sides_cannot_differ():
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        generator = tiny_generator(DOORWAY, "size=[32,32]")
-    narrow = [w for w in caught if issubclass(w.category, NarrowCanvasWarning)]
-    assert len(narrow) == 1 and "generator.windows.width=32" in str(narrow[0].message)
-    assert generator.windows.layout(16) == [(0, 16)]
+def test_a_canvas_no_wider_than_a_window_still_has_two_sides():
+    generator = tiny_generator(DOORWAY, "size=[32,32]")  # 16 latent columns; windows of 32 px
+    assert generator.windows.layout(16) == [(0, 8), (4, 12), (8, 16)]
+    assert generator.windows.centres(16) == [-0.5, 0.0, 0.5]
 
 
 @pytest.mark.usefixtures("one_thread")
