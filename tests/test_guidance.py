@@ -198,3 +198,37 @@ def test_taesd_weights_are_looked_up_only_when_guidance_decodes_with_them(
             resolve_all_pretrained(cfg)
     else:
         assert resolve_all_pretrained(cfg).generator.taesd is None
+
+
+def test_the_taesd_decoder_is_what_guided_steps_decode_with(tmp_path, monkeypatch, one_thread):
+    from genart.generators.sdxl import SDXLGenerator
+
+    used = []
+    for name in ("decode_fast", "decode_latent"):
+        real = getattr(SDXLGenerator, name)
+        spy = lambda self, z, real=real, name=name: (
+            used.append((name, z.requires_grad))
+            or real(  # noqa: E731
+                self, z
+            )
+        )
+        monkeypatch.setattr(SDXLGenerator, name, spy)
+    run = built(
+        tmp_path,
+        "generator.sampler.steps=3",
+        "clip_guidance.scale=100",
+        "clip_guidance.decoder=taesd",
+    )
+    assert run.generator.taesd is not None
+    sample(run)
+    assert [n for n, grad in used if grad] == ["decode_fast"] * 3  # the guidance graph: TAESD only
+
+
+def test_taesd_guidance_without_a_taesd_is_refused(tmp_path, one_thread):
+    with pytest.raises(UserError, match="generator.taesd"):
+        built(
+            tmp_path,
+            "generator.taesd=null",
+            "clip_guidance.scale=100",
+            "clip_guidance.decoder=taesd",
+        )
