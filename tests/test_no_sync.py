@@ -92,6 +92,12 @@ PLAIN = ["cutouts.augmentations=[]"]
 RUNS = {
     "sample": ["generator.sampler.steps=6"],
     "gradient": ["updater=gradient", "steps=6"],
+    "guided": ["generator.sampler.steps=6", "clip_guidance.scale=100"],  # a graph per step
+    "guided_lcm": [
+        "generator.sampler.steps=6",
+        "clip_guidance.scale=100",
+        "generator.sampler.scheduler=LCMScheduler",
+    ],
 }
 
 
