@@ -25,6 +25,8 @@ TINY_SWEEP = ["generator=vqgan_tiny", "guide=clip_tiny", "logger=none", "steps=1
 LONG = {  # minutes on the real architectures: their arguments only
     "genart.bench": ["--help"],
     "genart.tools.kernel_bench": ["--help"],
+    "genart.tools.guided_bench": ["--help"],
+    "genart.tools.guided_modes": ["--help"],
 }
 
 
