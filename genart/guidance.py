@@ -153,4 +153,4 @@ def decode(generator, latents: torch.Tensor, decoder: str) -> torch.Tensor:
     """x̂0 → image (1, 3, H, W) in [0, 1], differentiably, through the chosen decoder."""
     if decoder == "taesd":
         return generator.decode_fast(latents)
-    return generator.decode_latent(latents)
+    return generator.decode_for_guidance(latents)

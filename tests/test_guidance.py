@@ -232,3 +232,19 @@ def test_taesd_guidance_without_a_taesd_is_refused(tmp_path, one_thread):
             "clip_guidance.scale=100",
             "clip_guidance.decoder=taesd",
         )
+
+
+def test_in_bf16_guidance_decodes_with_a_bf16_vae_and_frames_with_the_fp32_one(
+    tmp_path, one_thread
+):
+    import torch
+
+    run = built(tmp_path, "precision=bf16", "generator.sampler.steps=2", "clip_guidance.scale=100")
+    generator = run.generator
+    assert generator.vae.dtype == torch.float32 and generator.guidance_vae.dtype == torch.bfloat16
+    seen = []
+    generator.guidance_vae.decoder.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+    start = run.updater.sampler.latents.clone()
+    final = sample(run)
+    assert seen == [torch.bfloat16] * 2 and not torch.equal(start, final)
+    assert generator().dtype == torch.float32  # the frames' decode: the VAE at vae_dtype

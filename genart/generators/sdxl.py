@@ -5,6 +5,7 @@ sampler steps through (genart.samplers); the text conditioning from the prompt s
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import logging
@@ -238,6 +239,7 @@ class SDXLGenerator(Generator):
         )
         self.time_ids_cache: dict[tuple, torch.Tensor] = {}
         self.taesd = None  # clip_guidance.decoder=taesd's decoder (genart.generators.taesd)
+        self.guidance_vae = None  # a bf16 copy of the VAE for guidance (set_precision)
         if taesd is not None:
             from genart.generators.taesd import load_taesd
 
@@ -276,6 +278,12 @@ class SDXLGenerator(Generator):
             return
         parts = {name: getattr(self, name) for name in ("unet", "vae", *TEXT_ENCODERS)}
         cast_models(parts, dtype, self.vae.dtype)  # quietly: diffusers warns on every .to(dtype)
+        if dtype == torch.bfloat16 and self.vae.dtype == torch.float32:
+            # CLIP guidance decodes x̂0 (forward and backward) at every guided step: a bf16 copy
+            # of the VAE halves that, and bf16 has fp32's range (SDXL's VAE overflows in fp16
+            # only). Frames and final.png still decode with the VAE at generator.vae_dtype.
+            with quiet("diffusers"):
+                self.guidance_vae = copy.deepcopy(self.vae).to(dtype).requires_grad_(False)
         if self.taesd is not None:  # TAESD has no fp16 overflow to fear: the UNet's dtype
             with quiet("diffusers"):
                 self.taesd.to(dtype)
@@ -326,13 +334,18 @@ class SDXLGenerator(Generator):
         as_tensor = lambda v: torch.tensor(v, device=self.z.device).view(shape)  # noqa: E731
         return as_tensor(mean), as_tensor(std), config.scaling_factor
 
-    def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
+    def decode_latent(self, z: torch.Tensor, vae=None) -> torch.Tensor:
         """Any latent (B, 4, h, w) → image (B, 3, H, W) in [0, 1], as the pipeline decodes it."""
+        vae = self.vae if vae is None else vae
         mean, std, scale = self.latent_scale()
-        image = self.vae.decode((z * std / scale + mean).to(self.vae.dtype), return_dict=False)[0]
+        image = vae.decode((z * std / scale + mean).to(vae.dtype), return_dict=False)[0]
         return clamp_with_grad(
             (image.float() + 1) / 2
         )  # the pipeline's postprocess, with a gradient
+
+    def decode_for_guidance(self, z: torch.Tensor) -> torch.Tensor:
+        """x̂0 → image for CLIP guidance: the VAE, in bf16 when the run computes in bf16."""
+        return self.decode_latent(z, self.guidance_vae)
 
     def decode_fast(self, z: torch.Tensor) -> torch.Tensor:
         """Any latent → image in [0, 1] through TAESD (approximate, ~6x cheaper than the VAE)."""
