@@ -8,11 +8,8 @@ from __future__ import annotations
 import copy
 import inspect
 import json
-import logging
 from collections.abc import Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +17,7 @@ import torch.nn.functional as F
 from genart.conditioning import PromptConditioning, TextEmbeds
 from genart.errors import UserError
 from genart.generators.base import Generator, round_size
+from genart.generators.model_folders import local_folder, quiet, variant_in
 from genart.generators.sdxl_checks import (
     check_lora_fits,
     check_sampler_node,
@@ -98,19 +96,6 @@ def load_pretrained(
     return parts, scheduler_config, bool(pipeline_config.get("force_zeros_for_empty_prompt", True))
 
 
-def local_folder(pretrained: Mapping) -> Path:
-    if not pretrained.get("path"):
-        raise ValueError("pretrained['path'] is unset: resolve it with genart.pretrained first")
-    return Path(pretrained["path"])
-
-
-def variant_in(folder: Path, variant: str | None) -> str | None:
-    """The variant if the folder holds its weights, else None: a component without them loads its
-    plain weights, as DiffusionPipeline.from_pretrained falls back."""
-    found = variant and any(folder.glob(f"*.{variant}.safetensors"))
-    return variant if found or (variant and any(folder.glob(f"*.{variant}.bin"))) else None
-
-
 def load_vae(pretrained: Mapping, dtype: torch.dtype):
     """A replacement VAE (e.g. madebyollin/sdxl-vae-fp16-fix, which stays finite in fp16)."""
     from diffusers import AutoencoderKL
@@ -139,20 +124,6 @@ def load_lora(pipe, lora: Mapping) -> None:
             "trained for this base model (e.g. latent-consistency/lcm-lora-sdxl for SDXL) in "
             "generator.lora.pretrained.path, or set generator.lora=null."
         ) from None
-
-
-@contextmanager
-def quiet(*names: str):
-    """Hold these libraries' loggers to errors no one else will report (CRITICAL) for a while."""
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
 
 
 def dtype_named(name: str, key: str) -> torch.dtype:

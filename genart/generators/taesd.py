@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from genart.errors import UserError
-from genart.generators.sdxl import local_folder, quiet, variant_in
+from genart.generators.model_folders import local_folder, quiet, variant_in
 from genart.generators.vqgan import clamp_with_grad, plain
 
 KEY = "generator.taesd"
