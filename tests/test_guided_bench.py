@@ -70,13 +70,17 @@ def test_bf16_parity_within_its_tolerance():
 
 
 def test_components_are_built_at_the_runs_precision():
-    """No fp32 copy of SDXL's UNet: its weights are born bf16; the VAE stays fp32; x_t fp32."""
-    from genart.tools.guided_bench import build_run
+    """No fp32 copy of SDXL's UNet: its weights are born bf16; the VAE stays fp32 (guidance
+    decodes with a bf16 copy); x_t fp32."""
+    from genart.tools.guided_bench import build_run, community_loop
 
     run, built = build_run(tiny_settings("bf16"))
     generator = run.generator
     assert generator.unet.dtype == generator.text_encoder_2.dtype == torch.bfloat16
     assert generator.vae.dtype == torch.float32 and generator.z.dtype == torch.float32
+    # both loops decode x̂0 with the same VAE at the run's precision (genart's guidance copy)
+    assert community_loop(run).vae is generator.guidance_vae
+    assert generator.guidance_vae.dtype == torch.bfloat16
     assert torch.get_default_dtype() == torch.float32  # the build left the default alone
     assert built["build_s"] > 0 and built["build_peak_rss_mb"] > 0
 

@@ -41,7 +41,8 @@ class CommunityGuidedLoop:
         self.unet = generator.unet
         # the run's precision for the whole loop, as the pipeline's `.to(dtype)` casts it: the
         # VAE copy genart decodes guidance with below fp32, if it keeps one
-        self.vae = getattr(generator, "guidance_vae", None) or generator.vae
+        guidance_vae = getattr(generator, "guidance_vae", None)
+        self.vae = generator.vae if guidance_vae is None else guidance_vae
         self.scheduler = generator.pipe.scheduler
         self.conditioning, self.objective, self.scale = generator.conditioning, objective, scale
         self.sampler = sampler  # genart.samplers.DiffusionSampler: x_t, timesteps, time ids, RNG
