@@ -26,7 +26,7 @@ from genart.overrides import key_of
 TOP_LEVEL_KEYS = (
     # groups (conf/<group>/); `preset` only if a preset is not `# @package _global_`
     *("generator", "guide", "cutouts", "prompts", "losses", "optimizer", "updater"),
-    *("callbacks", "logger"),
+    *("callbacks", "logger", "scorer"),
     *("preset", "refine"),
     # conf/config.yaml
     *("seed", "steps", "size", "device", "precision", "compile", "threads"),

@@ -354,6 +354,7 @@ def render(cfg: DictConfig, run_dir: Path, meta: dict | None = None, resume: boo
 def finish(cfg: DictConfig, run: Run, targets: list) -> float:
     """final.png (config in its text chunks), score, callbacks' end, result.json."""
     from genart.images import save_png
+    from genart.scorers import describe
 
     image = current_image(run)()
     rendered = OmegaConf.merge(cfg, {"resume": None})  # a resumed run's image is the same image
@@ -363,12 +364,37 @@ def finish(cfg: DictConfig, run: Run, targets: list) -> float:
         "config": OmegaConf.to_yaml(rendered),
     }
     save_png(image, run.run_dir / "final.png", text)
-    score = score_image(run, image, targets, run.steps - 1, cfg.score.views, cfg.score.seed)
+    scorer = build_scorer(cfg, run, targets, image.device)
+    score = scorer.score(image)
     report = {"step": run.step, "score": score, "image": lambda: image}
     for callback in run.callbacks:  # one dict: each may add what later ones read (video, totals)
         callback.on_end(report)
-    write_result(run.run_dir, cfg, run.meta, "ok", score=score, env=run.env, steps=run.steps)
+    write_result(
+        run.run_dir, cfg, run.meta, "ok", score=score, env=run.env, steps=run.steps,
+        scorer=describe(scorer),
+    )  # fmt: skip
     return score
+
+
+def build_scorer(cfg: DictConfig, run: Run, targets: list, device):
+    """conf/scorer's scorer; one that judges by the prompts gets this run's (`score_image`).
+
+    A run saved before scorers existed (resume=) has no `scorer` node: it keeps clip_prompt."""
+    from hydra.utils import instantiate
+
+    from genart.scorers import CLIPPromptScorer
+
+    node = cfg.get("scorer")
+    scorer = instantiate(node) if node else CLIPPromptScorer(cfg.score.views, cfg.score.seed)
+    if hasattr(scorer, "to"):
+        scorer.to(device)
+    if hasattr(scorer, "bind"):
+        scorer.bind(
+            lambda image, n_views, seed: score_image(
+                run, image, targets, run.steps - 1, n_views, seed
+            )
+        )
+    return scorer
 
 
 def write_result(
@@ -380,13 +406,16 @@ def write_result(
     error: str | None = None,
     env: dict | None = None,
     steps: int | None = None,
+    scorer: dict | None = None,
 ) -> None:
     """result.json, the one record sweeps, galleries and presets read (ok and failed runs alike).
 
-    `steps`: the steps the run ran (a sampler's own count), when known; else the config's."""
+    `steps`: the steps the run ran (a sampler's own count), when known; else the config's.
+    `scorer`: the name and range of what gave the score; else the config's scorer node says."""
     result = {
         "status": status,
         "score": None if score is None or math.isnan(score) else score,
+        "scorer": scorer or scorer_of(cfg),
         "seed": cfg.get("seed"),
         "steps": cfg.get("steps") if steps is None else steps,
         "overrides": meta.get("overrides", []),
@@ -394,3 +423,11 @@ def write_result(
         **(env or {}),
     }
     (Path(run_dir) / "result.json").write_text(json.dumps(result, indent=2))
+
+
+def scorer_of(cfg: DictConfig) -> dict | None:
+    """{name, range} of the config's scorer node (a failed run has no scorer built), or None."""
+    node = cfg.get("scorer")
+    if not node or node.get("range") is None:
+        return None
+    return {"name": node.get("name"), "range": list(OmegaConf.to_container(node.range))}
