@@ -1,0 +1,1 @@
+"""The stages of `python -m genart.curate`: features, clusters, contact sheets, book."""
