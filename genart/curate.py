@@ -20,6 +20,7 @@ class Candidate:
     path: Path  # the image
     score: float
     prompt: str
+    scorer: dict  # result.json's {name, range}, when the job recorded it
 
 
 def read_sweep(sweep_dir: Path) -> list[Candidate]:
@@ -31,7 +32,8 @@ def read_sweep(sweep_dir: Path) -> list[Candidate]:
     for job in map(read_job, job_dirs(sweep_dir)):
         image = job["dir"] / "final.png"
         if job["status"] == "ok" and job["score"] is not None and image.is_file():
-            found.append(Candidate(image, job["score"], prompt_of(image, job["overrides"])))
+            prompt = prompt_of(image, job["overrides"])
+            found.append(Candidate(image, job["score"], prompt, job.get("scorer") or {}))
     return found
 
 
@@ -55,10 +57,12 @@ def passing(candidates: list[Candidate], min_score: float, sweep_dir: Path) -> l
             "final.png and result.json, as `python -m genart -m ...` writes."
         )
     low, high = min(c.score for c in candidates), max(c.score for c in candidates)
+    scorers = {f"{c.scorer.get('name')} (range {c.scorer.get('range')})" for c in candidates}
+    scored_by = f" (scored by {', '.join(sorted(scorers))})" if candidates[0].scorer else ""
     raise UserError(
         f"no image in {sweep_dir} scores at least --min-score {min_score:g}: its {len(candidates)} "
-        f"scores run from {low:.4g} to {high:.4g}. The default 6 is the post's NIMA cut (scores "
-        "1-10); pick a cut in your scorer's range, e.g. --min-score "
+        f"scores run from {low:.4g} to {high:.4g}{scored_by}. The default 6 is the post's NIMA cut "
+        "(scores 1-10); pick a cut in your scorer's range, e.g. --min-score "
         f"{(low + high) / 2:.3g}."
     )
 

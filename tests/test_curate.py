@@ -50,7 +50,8 @@ def write_job(sweep: Path, number: int, image: Image.Image, score: float, prompt
     info = PngImagePlugin.PngInfo()
     info.add_text("prompts", prompt)
     image.save(job / "final.png", pnginfo=info)
-    result = {"status": "ok", "score": score, "overrides": [f"seed={number}"]}
+    result = {"status": "ok", "score": score, "scorer": {"name": "nima", "range": [1, 10]},
+              "overrides": [f"seed={number}"]}  # fmt: skip
     (job / "result.json").write_text(json.dumps(result))
     return job
 
@@ -150,7 +151,8 @@ def test_min_score_filters(small_sweep: Path):
 def test_min_score_above_every_score_names_the_range(small_sweep: Path, capsys):
     assert curate.main([str(small_sweep), "--min-score", "60"]) == 2
     err = capsys.readouterr().err
-    assert "scores run from 1 to 8" in err and "Traceback" not in err
+    assert "scores run from 1 to 8 (scored by nima (range [1, 10]))" in err
+    assert "Traceback" not in err
 
 
 def test_clusters_csv_columns(small_sweep: Path):
@@ -192,6 +194,19 @@ def require_weasyprint() -> None:
         book.import_weasyprint()
     except Exception as err:
         (pytest.fail if on_ci() else pytest.skip)(str(err))
+
+
+def test_missing_pango_fails_under_ci_and_skips_elsewhere(monkeypatch):
+    def no_pango():
+        raise curate.UserError("book.pdf needs WeasyPrint and Pango (OSError: no libpango)")
+
+    monkeypatch.setattr(book, "import_weasyprint", no_pango)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="libpango"):
+        require_weasyprint()
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match="libpango"):
+        require_weasyprint()
 
 
 def first_page_png(pdf: Path, out: Path) -> tuple[int, np.ndarray]:

@@ -67,7 +67,7 @@ class OpenAICaptions:
 def book_html(title: str, plates: Sequence[dict], captions) -> str:
     """The book as one HTML document: a cover, then a page per plate (image path, prompt, score)."""
     pages = [f'<section class="cover"><h1>{html.escape(title)}</h1>'
-             f"<p>{len(plates)} images</p></section>"]  # fmt: skip
+             f"<p>{len(plates)} image{'' if len(plates) == 1 else 's'}</p></section>"]  # fmt: skip
     for plate in plates:
         caption = html.escape(captions(plate["prompt"], plate["score"]))
         src = Path(plate["path"]).resolve().as_uri()
