@@ -87,7 +87,7 @@ def import_weasyprint():
     except (ImportError, OSError) as err:
         raise UserError(
             f"book.pdf needs WeasyPrint and Pango ({type(err).__name__}: {err}). Install them: "
-            "pip install weasyprint; apt-get install -y libpango-1.0-0 libpangoft2-1.0-0 "
+            "pip install weasyprint; apt-get install -y libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 "
             "(macOS: brew install pango). Or skip the book with --book-size 0."
         ) from None
     return weasyprint
