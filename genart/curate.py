@@ -72,11 +72,23 @@ def build_guide(name: str, overrides: list[str]):
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from genart.pretrained import PretrainedNotFound, find_pretrained_nodes, resolve_pretrained
 
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"guide={name}", *overrides])
-    return instantiate(cfg.guide)
+    guide = {"guide": OmegaConf.to_container(cfg.guide, resolve=True)}
+    for key, node in find_pretrained_nodes(guide):  # the guide's files only, never the generator's
+        try:
+            node["path"] = str(resolve_pretrained(node, key))
+        except PretrainedNotFound as err:
+            raise UserError(
+                f"{err}. With genart.curate: --guide-override {key}.path=/path/to/file (or try "
+                "the pipeline with --guide clip_tiny, a random CLIP)."
+            ) from None
+    return instantiate(OmegaConf.create(guide).guide)
 
 
 def style_labels(paths: list[Path], args) -> tuple[np.ndarray, np.ndarray]:

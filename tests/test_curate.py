@@ -265,6 +265,15 @@ def test_missing_vgg_weights_is_one_paragraph_naming_the_flag(small_sweep: Path,
     assert "Traceback" not in err
 
 
+def test_missing_clip_weights_is_one_paragraph_naming_the_flag(small_sweep: Path, capsys):
+    code = curate.main([str(small_sweep), "--min-score", "0", "--vgg-random-seed", "0",
+                        "--guide", "clip_vitb32", "--style-eps", "100", "--style-min-samples", "2",
+                        "--vgg-size", "64", "--book-size", "0"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "--guide-override guide.models.vitb32.pretrained.path" in err
+    assert "Traceback" not in err
+
+
 @pytest.mark.slow
 def test_curate_a_tiny_real_sweep_writes_every_output(tmp_path: Path):
     sweep = tmp_path / "sweep"
