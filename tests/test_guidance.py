@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from genart.errors import UserError
+from genart.tools.guided_modes import build_run, final_objective, sample
 from tests.conftest import compose
 from tests.sdxl_helpers import one_thread  # noqa: F401  (fixture)
 
@@ -35,32 +36,7 @@ SCHEDULERS = {
 def built(tmp_path: Path, *overrides: str):
     """A run as genart.render builds it (generator, guide, cutouts, prompts, losses, updater,
     objective), without its loop."""
-    from genart.render import Run, build, build_objective, embed_targets
-
-    cfg = compose([*BASE, *overrides])
-    run = Run(run_dir=tmp_path, config={}, meta={})
-    build(cfg, run)
-    run.objective = build_objective(run, embed_targets(run), {})
-    return run
-
-
-def sample(run) -> torch.Tensor:
-    """Every denoising step, as render's loop takes them; the final latents."""
-    for step in range(run.steps):
-        run.updater.step(run.objective, run.generator, step)
-    return run.updater.sampler.latents.detach().clone()
-
-
-def final_objective(run, draws: int = 8) -> float:
-    """The objective of the final image, averaged over fixed seeded draws of the cutouts, so two
-    runs are measured on the same views."""
-    with torch.no_grad():
-        image = run.generator()
-        totals = []
-        for k in range(draws):
-            torch.manual_seed(100 + k)
-            totals.append(float(run.objective(image, run.steps - 1)[0]))
-    return sum(totals) / draws
+    return build_run([*BASE, *overrides])
 
 
 @pytest.mark.parametrize("name", list(SCHEDULERS))

@@ -44,20 +44,34 @@ def modes(steps: int) -> dict[str, list[str]]:
     }
 
 
-def final_objective(overrides: list[str], draws: int = 8) -> float:
-    """Build the run as genart.render does, take every step, and measure the final image."""
-    import torch
+def build_run(overrides: list[str]):
+    """The run as genart.render builds it (models, updater, objective), without its loop."""
     from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
 
     from genart.render import Run, build, build_objective, embed_targets
 
-    with initialize_config_module(config_module="conf", version_base=None):
-        cfg = compose(config_name="config", overrides=[*BASE, *overrides])
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
     run = Run(run_dir=Path("."), config={}, meta={})
     build(cfg, run)
     run.objective = build_objective(run, embed_targets(run), {})
+    return run
+
+
+def sample(run):
+    """Every denoising step, as render's loop takes them; the final latents."""
     for step in range(run.steps):
         run.updater.step(run.objective, run.generator, step)
+    return run.updater.sampler.latents.detach().clone()
+
+
+def final_objective(run, draws: int = 8) -> float:
+    """The objective of the run's image, averaged over fixed seeded draws of the cutouts, so two
+    runs are measured on the same views."""
+    import torch
+
     with torch.no_grad():
         image, totals = run.generator(), []
         for k in range(draws):
@@ -66,10 +80,16 @@ def final_objective(overrides: list[str], draws: int = 8) -> float:
     return sum(totals) / draws
 
 
+def reached(overrides: list[str]) -> float:
+    run = build_run([*BASE, *overrides])
+    sample(run)
+    return final_objective(run)
+
+
 def compare(seeds: int, steps: int) -> dict:
     rows = {}
     for name, overrides in modes(steps).items():
-        per_seed = [final_objective([*overrides, f"seed={s}"]) for s in range(seeds)]
+        per_seed = [reached([*overrides, f"seed={s}"]) for s in range(seeds)]
         rows[name] = {"per_seed": per_seed, "mean": statistics.fmean(per_seed)}
     plain, exact = rows["plain"]["per_seed"], rows["exact"]["per_seed"]
     for row in rows.values():
