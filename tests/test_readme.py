@@ -27,6 +27,7 @@ LONG = {  # minutes on the real architectures: their arguments only
     "genart.tools.kernel_bench": ["--help"],
     "genart.tools.guided_bench": ["--help"],
     "genart.tools.guided_modes": ["--help"],
+    "genart.curate": ["--help"],  # real VGG16 and CLIP weights; tests/test_curate.py runs it tiny
 }
 
 
