@@ -58,10 +58,11 @@ class DiffusionSampler:
     def unet_noise(
         self, latents: torch.Tensor, t: torch.Tensor, embeds_at, step: int
     ) -> torch.Tensor:
-        """ε̂(x_t, t) for one side: `embeds_at(x)` is its embeddings at horizontal position x in
-        [-1, 1] (genart's view centres). One UNet call over the canvas (at x = 0), or, when the generator has windows and
-        the prompts are positional (`self.windowed`), the windows' blend (genart.windows), each
-        window conditioned at its centre."""
+        """ε̂(x_t, t) for a batch of sides: `embeds_at(x)` is their embeddings at horizontal
+        position x in [-1, 1] (genart's view centres), one row per latent. One UNet call over the
+        canvas (at x = 0), or, when the generator has windows and the prompts are positional
+        (`self.windowed`), the windows' blend (genart.windows), each window conditioned at its
+        centre."""
         if not self.windowed:
             return self.unet_call(latents, t, embeds_at(0.0), self.time_ids)
         windows, f = self.model.windows, self.pipe.vae_scale_factor
@@ -79,39 +80,47 @@ class DiffusionSampler:
     def unet_call(self, latents, t, embeds, time_ids) -> torch.Tensor:
         unet = self.model.unet
         cast = lambda x: None if x is None else x.to(unet.dtype)  # noqa: E731
+        n = latents.shape[0]
         return unet(
             cast(self.pipe.scheduler.scale_model_input(latents, t)),
             t,
             encoder_hidden_states=cast(embeds.hidden),
             timestep_cond=cast(self.timestep_cond),
-            added_cond_kwargs={"text_embeds": cast(embeds.pooled), "time_ids": cast(time_ids)},
+            added_cond_kwargs={
+                "text_embeds": cast(embeds.pooled),
+                "time_ids": cast(time_ids.repeat(n, 1)),  # negative_add_time_ids = add_time_ids
+            },
             return_dict=False,
         )[0].float()
 
-    def text_noise(self, latents: torch.Tensor, t, cond, step: int) -> torch.Tensor:
-        """ε̂_text: the prompts' side (what CLIP guidance differentiates), position by position
-        when windowed."""
+    def positive_at(self, cond, step: int):
+        """x ↦ the prompts' side at x: position by position when windowed, else the canvas'."""
         if self.windowed:
-            return self.unet_noise(latents, t, lambda x: self.model.conditioning.at(step, x), step)
-        return self.unet_noise(latents, t, lambda x: cond.positive, step)
+            return lambda x: self.model.conditioning.at(step, x)
+        return lambda x: cond.positive
 
-    def uncond_noise(self, latents: torch.Tensor, t, cond, step: int) -> torch.Tensor | None:
-        """ε̂_neg (the same in every window), or None without classifier-free guidance."""
+    def predict(self, latents: torch.Tensor, t, cond, step: int = 0):
+        """(ε̂, ε̂_text): the noise prediction after classifier-free guidance,
+        ε̂_neg + s·(ε̂_text − ε̂_neg), and the prompts' side alone (what CLIP guidance
+        differentiates: genart.guidance). With CFG, both sides are one batch [neg, text], as the
+        pipeline runs them; a guided step runs the same batch with grad, so that its arithmetic
+        is plain sampling's exactly."""
+        positive = self.positive_at(cond, step)
         if not self.guided:
-            return None
-        return self.unet_noise(latents, t, lambda x: cond.negative, step)
+            text = self.unet_noise(latents, t, positive, step)
+            return text, text
 
-    def combine(self, text: torch.Tensor, uncond: torch.Tensor | None) -> torch.Tensor:
-        """Classifier-free guidance ε̂_neg + s·(ε̂_text − ε̂_neg), or ε̂_text unguided.
+        def both(x):  # (2, 77, D) hidden, (2, D2) pooled: [negative, positive]
+            neg, pos = cond.negative, positive(x)
+            hidden = torch.cat([neg.hidden, pos.hidden])
+            return type(pos)(hidden, torch.cat([neg.pooled, pos.pooled]))
 
-        The two sides are separate UNet calls (not the pipeline's batch of two): a guided step
-        reuses ε̂_text's forward for x̂0 (genart.guidance) and must equal this arithmetic exactly."""
-        return text if uncond is None else uncond + self.cfg_scale * (text - uncond)
+        uncond, text = self.unet_noise(torch.cat([latents] * 2), t, both, step).chunk(2)
+        return uncond + self.cfg_scale * (text - uncond), text
 
     def noise(self, latents: torch.Tensor, t: torch.Tensor, cond, step: int = 0) -> torch.Tensor:
         """ε̂(x_t, t), with classifier-free guidance when guided."""
-        uncond = self.uncond_noise(latents, t, cond, step)
-        return self.combine(self.text_noise(latents, t, cond, step), uncond)
+        return self.predict(latents, t, cond, step)[0]
 
     @torch.no_grad()
     def advance(self, i: int, noise: torch.Tensor, latents: torch.Tensor | None = None):
@@ -229,24 +238,22 @@ class SampleUpdater:
         return {"terms": terms, "total": total, **stats}
 
     def guided_step(self, objective, generator, step: int):
-        """ε̂_neg without grad; ε̂_text with grad, once; x̂0 → decoder → objective; g = ∂loss/∂x_t
-        moves the step by the rule of genart.guidance (the community pipeline's cond_fn)."""
+        """ε̂ and ε̂_text from one forward with grad (the plain step's batch); x̂0 of ε̂_text →
+        decoder → objective; g = ∂loss/∂x_t moves the step by the rule of genart.guidance (the
+        community pipeline's cond_fn, which runs ε̂_text's forward a second time)."""
         from genart import guidance
 
         sampler, rule, scale = self.sampler, self.rule, float(self.guidance.scale)
         t, cond, x = sampler.timesteps[step], generator.conditioning(step), sampler.latents
-        with torch.no_grad(), self.autocast():
-            uncond = sampler.uncond_noise(x, t, cond, step)
         leaf = x.detach().requires_grad_()
         with torch.enable_grad():
             with self.autocast():
-                text = sampler.text_noise(leaf, t, cond, step)
+                noise, text = sampler.predict(leaf, t, cond, step)
             with self.autocast():
                 image = guidance.decode(generator, rule.x0(leaf, text, step), self.guidance.decoder)
             total, terms, stats = objective(image.float(), step)
             grad = guidance.gradient(total, leaf)
-        noise = sampler.combine(text.detach(), uncond)
-        latents, noise = rule.apply(x, noise, grad, scale, step)
+        latents, noise = rule.apply(x, noise.detach(), grad, scale, step)
         x_next, x0 = sampler.advance(step, noise, latents)
         out = {"terms": {k: v.detach() for k, v in terms.items()}, "total": total.detach(), **stats}
         return x_next, x0, out

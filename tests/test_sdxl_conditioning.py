@@ -26,24 +26,8 @@ def sampled_calls(prompts, cfg_scale: float = 5.0):
     generator = tiny_generator(prompts, sampler=settings(cfg_scale))
     calls = spy_on_unet(generator)
     sample(generator)
-    return per_step(calls, cfg=cfg_scale > 1), generator
-
-
-def per_step(calls: list[dict], cfg: bool) -> list[dict]:
-    """One record per step: with CFG the sampler makes two UNet calls, negative then positive
-    (genart.samplers.DiffusionSampler.noise), stacked here as the pipeline's batch [neg, pos]."""
-    assert len(calls) == STEPS * (2 if cfg else 1)
-    if not cfg:
-        return calls
-    pairs = zip(calls[0::2], calls[1::2], strict=True)
-    stacked = [
-        {k: torch.cat([neg[k], pos[k]]) for k in ("hidden", "pooled", "time_ids")}
-        for neg, pos in pairs
-    ]
-    for record, (neg, pos) in zip(stacked, zip(calls[0::2], calls[1::2], strict=True), strict=True):
-        assert torch.equal(neg["t"], pos["t"])  # both sides at the same timestep
-        record["t"] = pos["t"]
-    return stacked
+    assert len(calls) == STEPS
+    return calls, generator
 
 
 def mean_of(generator, weighted: dict[str, float]):
