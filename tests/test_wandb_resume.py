@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -63,7 +64,9 @@ def test_a_resumed_offline_run_writes_to_the_same_wandb_run(tmp_path, monkeypatc
     wandb.teardown()  # the W&B service writes the offline records after finish() returns
     run_id = json.loads((run_dir / "wandb_run.json").read_text())["id"]
     offline = sorted((run_dir / "wandb").glob("offline-run-*"))
-    assert len(offline) == 2 and all(d.name.endswith(f"-{run_id}") for d in offline), offline
+    # offline-run-<time>-<id>, and -1 after it when the resume starts in the kill's second
+    named = [re.fullmatch(rf"offline-run-\d{{8}}_\d{{6}}-{run_id}(-\d+)?", d.name) for d in offline]
+    assert len(offline) == 2 and all(named), offline
     for d in offline:
         (record,) = d.glob("run-*.wandb")
         data = record.read_bytes()
