@@ -725,7 +725,12 @@ def main(argv=None) -> None:
         return
     report = bench(settings_of(args), parity=not args.no_parity, ceiling=not args.no_ceiling)
     print(format_table(report))
-    path = Path(args.json)
+    write_report(report, args.json)
+
+
+def write_report(report: dict, out: str) -> None:
+    """The JSON report at `out`; exit status 1 when the loops' parity check failed."""
+    path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
     print(f"wrote {path}")

@@ -42,6 +42,7 @@ from genart.tools.bench import (
     build_genart,
     cpu_name,
     peak_rss_mb,
+    write_report,
 )
 from genart.tools.plain_loop import RANGE
 
@@ -519,12 +520,7 @@ def main(argv=None) -> None:
     )
     report = bench(s, parity=not args.no_parity)
     print(format_table(report))
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
-    print(f"wrote {path}")
-    if report.get("parity", {}).get("pass") is False:
-        raise SystemExit(1)
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":
