@@ -57,6 +57,17 @@ def run_tiny(run_dir: Path, overrides: list[str] = (), resume: bool = False) -> 
 
 
 @pytest.fixture(autouse=True)
+def _no_wandb_service_left_behind():
+    """An in-process W&B run puts its service address in os.environ (WANDB_SERVICE); a later
+    test's subprocess that copies os.environ would join that service and lose its own records.
+    Each test leaves the variable as it found it."""
+    before = os.environ.get("WANDB_SERVICE")
+    yield
+    if before is None:
+        os.environ.pop("WANDB_SERVICE", None)
+
+
+@pytest.fixture(autouse=True)
 def _same_random_numbers_every_run():
     """Each test draws the same random numbers on every run, so a tolerance that passes once
     passes in CI too (an unseeded test once failed there on one unlucky image)."""
