@@ -6,9 +6,31 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import cli
 
+from genart.generators.vqgan import VQGANGenerator, plain
+from genart.guides import CLIPModel
+from genart.tools import random_weights as RW
 from genart.tools import throughput as T
+
+
+def test_written_weights_load_through_pretrained_path(tmp_path):
+    """The writers' files load into genart's own classes, weight for weight (tiny options: the
+    same code path as the real architectures' files)."""
+    ckpt = RW.write_vqgan_checkpoint(tmp_path / "last.ckpt", option="vqgan_tiny", seed=3)
+    node = RW.option_config("generator", "vqgan_tiny")
+    args = plain(node.ddconfig), node.n_embed, node.embed_dim
+    loaded = VQGANGenerator([64, 64], *args, pretrained={"path": str(ckpt)}).model.state_dict()
+    for key, value in VQGANGenerator([64, 64], *args, init_seed=3).model.state_dict().items():
+        assert torch.equal(loaded[key], value), key
+    assert "state_dict" in torch.load(ckpt, weights_only=True)
+
+    weights = RW.write_open_clip_weights(tmp_path / "clip.bin", option="clip_tiny", seed=3)
+    node = RW.option_config("guide", "clip_tiny").models.tiny
+    clip = CLIPModel(node.arch, {"path": str(weights)}, model_config=node.model_config)
+    for key, value in torch.load(weights, weights_only=True).items():
+        assert torch.equal(clip.model.state_dict()[key], value), key
 
 
 def test_plan_alternates_the_arms_and_flips_their_order_each_repeat():

@@ -41,7 +41,8 @@ def write_open_clip_weights(path: Path, option: str = "clip_vitb32", seed: int =
     from genart.guides import CLIPModel
 
     node = next(iter(option_config("guide", option).models.values()))
-    clip = CLIPModel(node.arch, pretrained=None, init_seed=seed, tag=node.get("tag"))
+    config = node.get("model_config")
+    clip = CLIPModel(node.arch, init_seed=seed, tag=node.get("tag"), model_config=config)
     state = clip.model.state_dict()
     write_atomic(Path(path), lambda part: torch.save(state, part))
     return Path(path)
