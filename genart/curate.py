@@ -6,8 +6,10 @@ book, after the "Gallery of Unseen" post (docs/curate.md)."""
 from __future__ import annotations
 
 import argparse
+import os
+import sqlite3
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +23,17 @@ class Candidate:
     score: float
     prompt: str
     scorer: dict  # result.json's {name, range}, when the job recorded it
+    search: dict = field(default_factory=dict)  # a search's generation, individual, repeat
 
 
 def read_sweep(sweep_dir: Path) -> list[Candidate]:
-    """Every finished, scored image of a genart sweep dir (the one place an evolutionary
-    search's database would be read instead)."""
+    """Every finished, scored image of a sweep dir: from its search.db when an evolutionary
+    search wrote one (it alone holds the sampled prompts), else from its job folders."""
+    from genart.search.store import FILENAME
     from genart.tools.sweep_dirs import job_dirs, read_job
 
+    if (sweep_dir / FILENAME).is_file():
+        return read_search(sweep_dir)
     found = []
     for job in map(read_job, job_dirs(sweep_dir)):
         image = job["dir"] / "final.png"
@@ -35,6 +41,44 @@ def read_sweep(sweep_dir: Path) -> list[Candidate]:
             prompt = prompt_of(image, job["overrides"])
             found.append(Candidate(image, job["score"], prompt, job.get("scorer") or {}))
     return found
+
+
+def read_search(sweep_dir: Path) -> list[Candidate]:
+    """The search.db evaluations with status ok, a score and an image that exists, each with
+    the exact prompt the search sampled (a job's result.json only has its override)."""
+    from genart.search.store import FILENAME, read_evaluations
+    from genart.tools.sweep_dirs import read_json
+
+    try:
+        evaluations = read_evaluations(sweep_dir / FILENAME)
+    except sqlite3.Error as err:
+        raise UserError(f"cannot read {sweep_dir / FILENAME} ({err}).") from None
+    found = []
+    for row in evaluations:
+        image = locate(row["image"], sweep_dir)
+        if row["status"] == "ok" and row["score"] is not None and image is not None:
+            result = read_json(Path(row["run_dir"]) / "result.json") if row["run_dir"] else {}
+            scorer = result.get("scorer") or {}  # the DB has no scorer; the job's record does
+            search = {k: row[k] for k in ("generation", "individual", "repeat")}
+            found.append(Candidate(image, float(row["score"]), row["prompt"], scorer, search))
+    return found
+
+
+def locate(image: str | None, sweep_dir: Path) -> Path | None:
+    """A recorded image path, if that file exists (a relative one: under the sweep dir first)."""
+    if not image:
+        return None
+    path = Path(image)
+    tries = [path] if path.is_absolute() else [sweep_dir / path, path]
+    return next((p for p in tries if p.is_file()), None)
+
+
+def relative_image(image: Path, sweep_dir: Path) -> str:
+    """The image's path relative to the sweep dir (a search may record absolute paths)."""
+    try:
+        return image.relative_to(sweep_dir).as_posix()
+    except ValueError:
+        return Path(os.path.relpath(image.resolve(), sweep_dir.resolve())).as_posix()
 
 
 def prompt_of(image: Path, overrides: list[str]) -> str:
@@ -52,10 +96,15 @@ def passing(candidates: list[Candidate], min_score: float, sweep_dir: Path) -> l
     if kept:
         return kept
     if not candidates:
-        raise UserError(
-            f"{sweep_dir} holds no finished, scored image: expected numbered job folders with "
-            "final.png and result.json, as `python -m genart -m ...` writes."
+        from genart.search.store import FILENAME
+
+        expected = (
+            f"its {FILENAME} has no evaluation with status ok, a score and an existing image"
+            if (sweep_dir / FILENAME).is_file()
+            else "expected numbered job folders with final.png and result.json, as "
+            "`python -m genart -m ...` writes"
         )
+        raise UserError(f"{sweep_dir} holds no finished, scored image: {expected}.")
     low, high = min(c.score for c in candidates), max(c.score for c in candidates)
     scorers = {f"{c.scorer.get('name')} (range {c.scorer.get('range')})" for c in candidates}
     scored_by = f" (scored by {', '.join(sorted(scorers))})" if candidates[0].scorer else ""
@@ -138,8 +187,9 @@ def curate(args) -> dict[str, Path]:
     meaning, meaning_points = semantic_labels([candidates[i].path for i in chosen], args)
     kept = clusters.keep_best(meaning, [candidates[i].score for i in chosen])
     rows = [
-        {"image": c.path.relative_to(args.sweep_dir).as_posix(), "path": c.path, "score": c.score,
-         "prompt": c.prompt, "style_cluster": int(style[i]), "semantic_cluster": "", "kept": False}
+        {"image": relative_image(c.path, args.sweep_dir), "path": c.path, "score": c.score,
+         "prompt": c.prompt, "style_cluster": int(style[i]), "semantic_cluster": "", "kept": False,
+         **c.search}
         for i, c in enumerate(candidates)
     ]  # fmt: skip
     for j, i in enumerate(chosen):

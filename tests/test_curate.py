@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from genart import curate
-from genart.curation import book, clusters, features
+from genart.curation import book, clusters, features, sheets
 from tests.conftest import REPO, TINY, cli
 
 FAMILIES = ("stripes", "checkers", "blobs")
@@ -182,6 +182,59 @@ def test_contact_sheets_link_existing_images_and_escape_prompts(small_sweep: Pat
     assert all((small_sweep / "curation" / link).resolve().is_file() for link in links)
     assert "&lt;script&gt;x()&lt;/script&gt;" in text and "<script>" not in text
     assert (small_sweep / "curation" / "umap_style.png").stat().st_size > 0
+
+
+@pytest.fixture
+def search_sweep(tmp_path: Path) -> Path:
+    """A search's sweep dir: six jobs (two families) whose result.json and PNG text chunk hold
+    only an override, and a search.db with their sampled prompts and scores 1…6, plus a failed
+    (though scored) and a still-launched evaluation whose images exist."""
+    from genart.search.store import FILENAME, SearchStore
+
+    rng = np.random.default_rng(3)
+    sweep = tmp_path / "sweep"
+    store = SearchStore(sweep / FILENAME)
+    store.add_individuals(0, [[0.5, 0.5]] * 4)
+    store.add_individuals(1, [[0.5, 0.5]] * 4)
+    launched, finished = [], []
+    for job in range(8):
+        generation, individual = divmod(job, 4)
+        run_dir = write_job(sweep, job, family_image(FAMILIES[job % 2], rng), 100.0 + job,
+                            f"+search.pieces=[{job}]")  # fmt: skip
+        key = {"generation": generation, "individual": individual, "repeat": 0}
+        launched.append({**key, "prompt": f"sampled prompt {job}", "pieces": [job], "seed": job,
+                         "job": job, "run_dir": str(run_dir)})  # fmt: skip
+        status = {6: "failed", 7: "launched"}.get(job, "ok")
+        score = None if status == "launched" else float(job + 1)  # failed job 6 scored 7
+        finished.append({**key, "image": str(run_dir / "final.png"), "score": score,
+                         "fitness": score or 0.0, "status": status, "error": None})  # fmt: skip
+    store.launch(launched)
+    store.finish(finished[:7])  # job 7 is still out
+    store.close()
+    return sweep
+
+
+def test_a_search_db_is_the_source_of_images_prompts_and_scores(search_sweep: Path):
+    written = run_small(search_sweep, "--min-score", "0", "--book-size", "0")
+    rows = read_rows(search_sweep)
+    assert tuple(rows[0])[:6] == sheets.CSV_COLUMNS
+    assert tuple(rows[0])[6:] == ("generation", "individual", "repeat")
+    by_job = {int(r["image"].split("/")[0]): r for r in rows}
+    assert sorted(by_job) == list(range(6))  # the failed (6) and launched (7) rows never
+    for job, row in by_job.items():
+        assert row["prompt"] == f"sampled prompt {job}" and float(row["score"]) == job + 1
+        assert (int(row["generation"]), int(row["individual"]), row["repeat"]) == (
+            *divmod(job, 4),
+            "0",
+        )
+    text = "".join(p.read_text() for name, p in written.items() if name.startswith("style_"))
+    assert "sampled prompt 5" in text and "+search.pieces" not in text
+
+
+def test_a_search_dbs_scores_name_the_range_when_none_passes(search_sweep: Path, capsys):
+    assert curate.main([str(search_sweep), "--min-score", "60"]) == 2
+    err = capsys.readouterr().err  # the DB's scores 1…6 (not result.json's 100…107), its scorer
+    assert "its 6 scores run from 1 to 6 (scored by nima (range [1, 10]))" in err
 
 
 def on_ci() -> bool:

@@ -15,6 +15,7 @@ import numpy as np
 from genart.curation.clusters import NOISE
 
 CSV_COLUMNS = ("image", "score", "prompt", "style_cluster", "semantic_cluster", "kept")
+SEARCH_COLUMNS = ("generation", "individual", "repeat")  # images from a search's search.db
 
 SHEET = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
@@ -34,10 +35,11 @@ FIGURE = """<figure class="{kept}"><a href="{href}"><img src="{href}" alt="{prom
 
 
 def write_csv(path: Path, rows: Sequence[dict]) -> Path:
-    """One row per image: CSV_COLUMNS, clusters as DBSCAN labels (-1 = noise, blank = not
-    clustered: outside the chosen style clusters)."""
+    """One row per image: CSV_COLUMNS, then SEARCH_COLUMNS when the rows carry them; clusters as
+    DBSCAN labels (-1 = noise, blank = not clustered: outside the chosen style clusters)."""
+    extra = tuple(c for c in SEARCH_COLUMNS if any(c in row for row in rows))
     with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS + extra, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     return path
