@@ -1,5 +1,6 @@
-"""`hydra/launcher=joblib_safe`: hydra-joblib-launcher, each job in its own process (genart.launchers),
-so a job the OS kills (out of memory, kill -9) is one failed job and the sweep goes on."""
+"""`hydra/launcher=joblib_safe`: hydra-joblib-launcher on genart.launchers' long-lived workers, so a
+job the OS kills (out of memory, kill -9) is one failed job and the sweep goes on, while a worker's
+later jobs reuse the models its earlier jobs loaded (genart.model_cache)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ log = logging.getLogger(__name__)
 
 
 class JoblibSafeLauncher(joblib_launcher.JoblibLauncher):
-    """hydra-joblib-launcher's config and job function, each job in its own process (JobProcesses):
-    a lost job is a failed JobReturn with an error.txt and a failed result.json in its dir, so
-    the sweep summary (genart.tools.sweep_summary) names it and the sweep exits 1."""
+    """hydra-joblib-launcher's config and job function, run by JobProcesses' n_jobs workers (each
+    runs jobs one after another and is replaced when it dies): a lost job is a failed JobReturn
+    with an error.txt and a failed result.json in its dir, so the sweep summary
+    (genart.tools.sweep_summary) names it and the sweep exits 1."""
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
@@ -32,7 +34,7 @@ class JoblibSafeLauncher(joblib_launcher.JoblibLauncher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         pool = JobProcesses(int(self.joblib.get("n_jobs") or -1))
-        log.info(f"Launching {len(job_overrides)} jobs, one process each, {pool.n_jobs} at a time")
+        log.info(f"Launching {len(job_overrides)} jobs on {pool.n_jobs} worker processes")
         state = Singleton.get_state()
         context, config, task = self.hydra_context, self.config, self.task_function
         calls = [
