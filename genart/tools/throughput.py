@@ -220,6 +220,17 @@ def cpu_info() -> dict:
     }
 
 
+def uncommitted() -> list[str]:
+    """Changed or new files under genart/, conf/ and hydra_plugins/ (git status), or []."""
+    root = Path(__file__).resolve().parents[2]
+    cmd = ["git", "status", "--porcelain", "--", "genart", "conf", "hydra_plugins"]
+    try:
+        out = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line[3:] for line in out.splitlines()]
+
+
 def cpu_slug(name: str) -> str:
     """'AMD EPYC' → 'amd_epyc': the report's file name part."""
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "cpu"
@@ -293,6 +304,7 @@ def throughput(args: argparse.Namespace) -> dict:
         "cpu": cpu_info(),
         "torch": torch.__version__,
         "git_commit": git_commit(),
+        "uncommitted": uncommitted(),  # the timed code may be work in progress in this checkout
         "cache_models_key": arms == list(ARMS),
         "settings": {
             "models": {m: MODELS[m].overrides for m in args.only},
