@@ -26,10 +26,10 @@ from genart.overrides import key_of
 TOP_LEVEL_KEYS = (
     # groups (conf/<group>/); `preset` only if a preset is not `# @package _global_`
     *("generator", "guide", "cutouts", "prompts", "losses", "optimizer", "updater"),
-    *("callbacks", "logger", "scorer"),
+    *("callbacks", "logger", "scorer", "search"),
     *("preset", "refine"),
     # conf/config.yaml
-    *("seed", "steps", "size", "device", "precision", "compile", "threads"),
+    *("seed", "steps", "size", "device", "precision", "compile", "threads", "cache_models"),
     *("log_every", "save_every", "resume", "init", "security", "score", "clip_guidance"),
 )
 

@@ -104,6 +104,7 @@ class PromptSchedule:
         phases: Sequence[Mapping] | None = None,
         best_match: Mapping | None = None,
         size_weighting=None,
+        literal: str | None = None,
     ):
         self.suffix, self.interpolation, self.sharpness = suffix or "", interpolation, sharpness
         self.size_weighting = size_weighting
@@ -114,6 +115,8 @@ class PromptSchedule:
             )
         found: list[Prompt] = []
         found += [self._text_prompt(s, on="all") for s in split_prompts(text)]
+        if literal is not None and str(literal).strip():  # as written: no "|", no ":weight"
+            found.append(Prompt(with_suffix(str(literal).strip(), self.suffix), on="all"))
         found += self._anchored(left, center, right, anchors, template, entrance)
         found += [self._text_prompt(s, on="composition") for s in split_prompts(composition)]
         found += [self._full_prompt(p) for p in prompts or ()]

@@ -88,3 +88,22 @@ def release_if_unused(path: Path | None) -> None:
         path.rmdir()  # only succeeds on an empty dir
     except OSError:
         pass
+
+
+def sweep_job_dir(hydra_context, config, idx: int, overrides) -> Path:
+    """Where sweep job `idx` with these overrides runs: its composed config's
+    hydra.sweep.dir/subdir, resolved as Hydra's run_job resolves them (for a launcher or sweeper
+    that must name the dir of a job it has not run, or that died)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    job = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+    with open_dict(job):
+        job.hydra.job.id, job.hydra.job.num = f"{job.hydra.job.name}_{idx}", idx
+    before = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(job)
+    try:
+        return Path(str(job.hydra.sweep.dir)) / str(job.hydra.sweep.subdir)
+    finally:
+        if before is not None:
+            HydraConfig.instance().set_config(before)

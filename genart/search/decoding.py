@@ -5,7 +5,9 @@ u_i < p_i (u ~ U(0, 1), independent). When more than `k` pieces are drawn, `keep
 stay: `random` (default) keeps a uniformly random k of them, so no piece is favoured beyond its
 own probability; `likeliest` keeps the k with the highest p_i (ties: list order). An empty draw
 takes the single likeliest piece, so every prompt has a subject. Kept pieces stay in list order
-and are joined with `joiner` into `template`'s `{pieces}`.
+and are joined with `joiner` into `template`'s `{pieces}`. Pieces may hold any text (commas,
+colons, `|`, quotes reach the job as written) except `${`: a job's config would read it as an
+interpolation, so it is refused.
 
 Every draw has its own generator, seeded by (search seed, generation, individual, repeat), so the
 prompt of any evaluation can be recomputed, and a resumed search draws what it drew before.
@@ -38,6 +40,13 @@ class Decoding:
             raise UserError(f"search.k is {self.k}: keep at least 1 piece per prompt (the post: 15).")
         if self.keep not in KEEP:
             raise UserError(f'search.keep is "{self.keep}"; use random or likeliest.')
+        marked = [t for t in (*self.pieces, self.template, self.joiner) if "${" in t]
+        if marked:
+            raise UserError(
+                f'search.pieces or search.template holds "{marked[0]}": "${{" starts an OmegaConf '
+                "interpolation, which every job's config would resolve again (an environment "
+                'variable, another key) instead of rendering the text. Write it without "${".'
+            )
         if "{pieces}" not in self.template:
             raise UserError(
                 f'search.template "{self.template}" has no {{pieces}}: write where the drawn '

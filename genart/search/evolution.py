@@ -7,7 +7,9 @@ failed or was lost counts the scorer's worst score. nevergrad minimises, so it i
 Resuming never unpickles an optimiser: a new one is built with the same seed and replays the
 ask/tell history from search.db. Each replayed ask must give the stored genome again (checked),
 so the search continues on the very trajectory an uninterrupted one follows. Evaluations already
-finished are taken from the database, never run again.
+finished are taken from the database, never run again; the failed ones of a generation not yet
+told run again (a resume after fixing what made them fail). A generation whose every job failed
+stops the search before it is told, with the first error.
 """
 
 from __future__ import annotations
@@ -203,8 +205,10 @@ class Search:
             row = recorded.get(e.key)
             if row is None:
                 continue
-            if row["status"] != "launched":
-                outcomes[e.key] = Outcome(row["status"], row["score"], row["image"], row["error"])
+            if row["status"] == "ok":
+                outcomes[e.key] = Outcome("ok", row["score"], row["image"])
+                continue
+            if row["status"] == "failed":  # a generation not yet told: its failures run again
                 continue
             e.job, e.run_dir = row["job"], row["run_dir"]
             found = runner.recover(e)  # launched before the kill: it may have finished anyway
@@ -224,6 +228,13 @@ class Search:
             per_individual[e.individual].append(self.fitness_of(o))
         fitness = [sum(f) / len(f) for f in per_individual]
         failed = sum(o.status != "ok" for _, o in pairs)
+        if failed == len(pairs):
+            raise UserError(
+                f"Every job of generation {generation} failed, so the search has nothing to learn "
+                f"from; the first said: {pairs[0][1].error}. Fix that (each job's error.txt in "
+                f"{self.store.path.parent} has the details), then continue the search with the same "
+                f"command plus hydra.sweeper.resume={self.store.path.parent}: its failed jobs run again."
+            )
         self.store.tell(generation, fitness, failed=failed, evaluations=len(pairs))
         return Generation(generation, fitness, pairs)
 

@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     generation INTEGER NOT NULL, individual INTEGER NOT NULL, repeat INTEGER NOT NULL,
     prompt TEXT NOT NULL, pieces TEXT NOT NULL,   -- pieces: JSON list of piece indices
     seed INTEGER NOT NULL,           -- the image seed (genart's seed=)
-    job INTEGER, run_dir TEXT, image TEXT,
+    job INTEGER, run_dir TEXT, image TEXT,  -- relative to the sweep dir (this file's folder)
     score REAL,                      -- the scorer's score; NULL when the job failed or was lost
     fitness REAL,                    -- what the search counted: the score, or the worst
     status TEXT NOT NULL,            -- launched | ok | failed

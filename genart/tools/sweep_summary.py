@@ -21,6 +21,7 @@ from genart.tools.sweep_dirs import job_dirs, read_job
 
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 JOBLIB_SAFE = "hydra_plugins.genart_launcher.joblib_safe.JoblibSafeLauncher"
+EVOLVE = "hydra_plugins.genart_sweeper.evolve.EvolveSweeper"
 
 
 def summarise(jobs: list[dict]) -> str:
@@ -41,7 +42,8 @@ def summarise(jobs: list[dict]) -> str:
 
 class SweepCallback(Callback):
     """on_multirun_start: `hydra/launcher=joblib` runs on joblib_safe's launcher; on_multirun_end:
-    print the summary, log W&B tables, exit 1 if a job failed."""
+    print the summary, log W&B tables, exit 1 if a job failed (not after a search, whose failed
+    jobs are part of its record, counted at the worst fitness)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         """Same settings, one process per job: a job the OS kills is one failed job, where joblib's
@@ -63,6 +65,8 @@ class SweepCallback(Callback):
         (sweep_dir / "summary.json").write_text(
             json.dumps([{**j, "dir": str(j["dir"])} for j in jobs], indent=2)
         )
+        if config.hydra.sweeper.get("_target_") == EVOLVE:
+            return  # a search counted its failed jobs (search.db) and logs its own W&B run
         try:
             groups = wandb_groups(jobs)
             if groups:
