@@ -96,7 +96,9 @@ def expected_fitness(search: Search, genome) -> float:
 
 
 def best_genome(store: SearchStore):
-    row = store.db.execute("SELECT genome FROM individuals ORDER BY fitness DESC LIMIT 1").fetchone()
+    row = store.db.execute(
+        "SELECT genome FROM individuals ORDER BY fitness DESC LIMIT 1"
+    ).fetchone()
     return json.loads(row["genome"])
 
 
@@ -147,7 +149,9 @@ def test_a_killed_search_resumes_on_the_same_trajectory_and_evaluates_nothing_tw
     Search(s, whole, -10).run(toy_runner())
     first = [whole.fitness(g) for g in range(4)]
     assert len(set(map(tuple, whole.genomes(0)))) == 6
-    assert whole.genomes(0) != whole.genomes(3), "the search moved between its first and last generation"
+    assert whole.genomes(0) != whole.genomes(3), (
+        "the search moved between its first and last generation"
+    )
 
     ran: list = []
     calls = {"n": 0}
@@ -173,7 +177,9 @@ def test_a_killed_search_resumes_on_the_same_trajectory_and_evaluates_nothing_tw
         for key, outcome in zip(ran[-5:], killed.args[0], strict=True):
             finished_before_kill[key] = outcome
     store.close()
-    statuses = [r["status"] for r in read_evaluations(tmp_path / "killed.db") if r["generation"] == 2]
+    statuses = [
+        r["status"] for r in read_evaluations(tmp_path / "killed.db") if r["generation"] == 2
+    ]
     assert statuses.count("launched") == 12, "the killed generation's jobs were recorded as out"
 
     resumed = SearchStore(tmp_path / "killed.db")

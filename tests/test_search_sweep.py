@@ -29,7 +29,9 @@ HOSTILE = [
 
 
 def search(*args, cwd, env=None):
-    out = cli("genart", *args, "-m", cwd=cwd, env={"PYTHONPATH": str(REPO), **(env or {})}, timeout=1200)
+    out = cli(
+        "genart", *args, "-m", cwd=cwd, env={"PYTHONPATH": str(REPO), **(env or {})}, timeout=1200
+    )
     dirs = sorted((cwd / "outputs" / "multirun").glob("*/*"))
     return out, dirs[-1] if dirs else None
 
@@ -42,7 +44,9 @@ def rows(sweep_dir: Path) -> list[tuple]:
 def genomes(sweep_dir: Path) -> list[tuple]:
     db = sqlite3.connect(sweep_dir / "search.db")
     try:
-        return db.execute("SELECT generation, individual, genome, fitness FROM individuals").fetchall()
+        return db.execute(
+            "SELECT generation, individual, genome, fitness FROM individuals"
+        ).fetchall()
     finally:
         db.close()
 
@@ -109,7 +113,11 @@ def test_prompts_reach_the_job_exactly_whatever_they_contain():
 def test_a_three_generation_search_records_everything(tmp_path):
     out, sweep_dir = search(*SEARCH, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-4000:]
-    assert counts(sweep_dir / "search.db") == {"individuals": 9, "evaluations": 18, "generations": 3}
+    assert counts(sweep_dir / "search.db") == {
+        "individuals": 9,
+        "evaluations": 18,
+        "generations": 3,
+    }
     evaluations = read_evaluations(sweep_dir / "search.db")
     assert all(r["status"] == "ok" and (sweep_dir / r["image"]).is_file() for r in evaluations)
     assert len({r["prompt"] for r in evaluations}) > 9, "repeats draw different prompts"
@@ -130,7 +138,10 @@ def test_a_three_generation_search_records_everything(tmp_path):
         tuple(t) for t in told
     ]
     assert all(h[f"images/generation_{g}/nrows"] == 6 for g, h in enumerate(logged)), "a table each"
-    print("W&B curves:", logged and [(h["generation"], h["fitness/mean"], h["fitness/best"]) for h in logged])
+    print(
+        "W&B curves:",
+        logged and [(h["generation"], h["fitness/mean"], h["fitness/best"]) for h in logged],
+    )
 
 
 def test_hostile_pieces_run_as_written(tmp_path):

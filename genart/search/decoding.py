@@ -37,7 +37,9 @@ class Decoding:
         if not self.pieces:
             raise UserError("search.pieces is empty: list the prompt pieces the search may draw.")
         if self.k < 1:
-            raise UserError(f"search.k is {self.k}: keep at least 1 piece per prompt (the post: 15).")
+            raise UserError(
+                f"search.k is {self.k}: keep at least 1 piece per prompt (the post: 15)."
+            )
         if self.keep not in KEEP:
             raise UserError(f'search.keep is "{self.keep}"; use random or likeliest.')
         marked = [t for t in (*self.pieces, self.template, self.joiner) if "${" in t]

@@ -149,7 +149,9 @@ class Search:
     def __init__(self, settings: Settings, store: SearchStore, worst: float) -> None:
         self.settings, self.store, self.worst = settings, store, float(worst)
 
-    def evaluations_of(self, generation: int, genomes: Sequence[Sequence[float]]) -> list[Evaluation]:
+    def evaluations_of(
+        self, generation: int, genomes: Sequence[Sequence[float]]
+    ) -> list[Evaluation]:
         s, found = self.settings, []
         for i, genome in enumerate(genomes):
             for r in range(s.repeats):

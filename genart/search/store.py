@@ -125,7 +125,8 @@ class SearchStore:
 
     def fitness(self, generation: int) -> list[float]:
         rows = self.db.execute(
-            "SELECT fitness FROM individuals WHERE generation = ? ORDER BY individual", (generation,)
+            "SELECT fitness FROM individuals WHERE generation = ? ORDER BY individual",
+            (generation,),
         )
         return [r["fitness"] for r in rows]
 

@@ -102,13 +102,17 @@ def use_sweep_dir(config: DictConfig, resume: str | None) -> Path:
             "hydra.sweeper.resume=outputs/multirun/2026-11-24/10-00-00."
         )
     with read_write(config), open_dict(config):
-        hydra_overrides = [o for o in config.hydra.overrides.hydra if key_of(o) != "hydra.sweep.dir"]
+        hydra_overrides = [
+            o for o in config.hydra.overrides.hydra if key_of(o) != "hydra.sweep.dir"
+        ]
         config.hydra.overrides.hydra = [*hydra_overrides, f"hydra.sweep.dir={quote(str(path))}"]
         config.hydra.sweep.dir = str(path)
     return path
 
 
-def check_same_search(store: SearchStore, settings: Settings, arguments: list[str], sweep_dir: Path) -> None:
+def check_same_search(
+    store: SearchStore, settings: Settings, arguments: list[str], sweep_dir: Path
+) -> None:
     """A new search records its settings; a resumed one must have the same."""
     import nevergrad
 

@@ -59,7 +59,15 @@ class SearchLog:
             run.define_metric("generation")
             run.define_metric("fitness/*", step_metric="generation")
             table = wandb.Table(
-                columns=["image", "generation", "individual", "repeat", "prompt", "score", "fitness"]
+                columns=[
+                    "image",
+                    "generation",
+                    "individual",
+                    "repeat",
+                    "prompt",
+                    "score",
+                    "fitness",
+                ]
             )
             for e, outcome in generation.evaluations:
                 image = outcome.image if outcome.image and Path(outcome.image).exists() else None

@@ -13,6 +13,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_joblib_launcher import joblib_launcher
 
 from genart.launchers import JobProcesses, LostJob
+from genart.run_dirs import sweep_job_dir
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class JoblibSafeLauncher(joblib_launcher.JoblibLauncher):
         ]
 
     def _lost(self, idx: int, overrides: Sequence[str], lost: LostJob) -> JobReturn:
-        job_dir = self._job_dir(idx, overrides)
+        job_dir = sweep_job_dir(self.hydra_context, self.config, idx, overrides)
         resume = (
             f"; continue it: python -m genart resume={job_dir}"
             if (job_dir / "checkpoint.pt").exists()
@@ -67,19 +68,3 @@ class JoblibSafeLauncher(joblib_launcher.JoblibLauncher):
         ret = JobReturn(overrides=list(overrides), working_dir=str(job_dir))
         ret.status, ret._return_value = JobStatus.COMPLETED, None
         return ret
-
-    def _job_dir(self, idx: int, overrides: Sequence[str]) -> Path:
-        """Where the job ran: its sweep config's hydra.sweep.dir/subdir, as Hydra's run_job finds."""
-        from hydra.core.hydra_config import HydraConfig
-        from omegaconf import open_dict
-
-        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-        with open_dict(config):
-            config.hydra.job.id, config.hydra.job.num = f"{config.hydra.job.name}_{idx}", idx
-        before = HydraConfig.instance().cfg
-        HydraConfig.instance().set_config(config)
-        try:
-            return Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
-        finally:
-            if before is not None:
-                HydraConfig.instance().set_config(before)
