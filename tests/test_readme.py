@@ -28,7 +28,15 @@ LONG = {  # minutes on the real architectures: their arguments only
     "genart.tools.guided_bench": ["--help"],
     "genart.tools.guided_modes": ["--help"],
     "genart.curate": ["--help"],  # real VGG16 and CLIP weights; tests/test_curate.py runs it tiny
+    "genart.tools.throughput": ["--help"],  # many sweeps; tests/test_throughput.py runs it tiny
 }
+# a search's lines: the tiny scorer and 2 generations of 2 (its defaults: NIMA, 20 × 10 × 50 jobs)
+TINY_SEARCH = [
+    "scorer=nima_tiny",
+    "search.population=2",
+    "search.repeats=1",
+    "search.generations=2",
+]
 
 
 def readme_lines() -> list[list[str]]:
@@ -87,7 +95,8 @@ def test_every_readme_command_runs(tmp_path):
     for words in readme_lines():
         module, args = words[2], words[3:]
         if module == "genart" and "-m" in args:
-            args = [*TINY_SWEEP, *args]  # Hydra takes no override after -m
+            search = TINY_SEARCH if "hydra/sweeper=evolve" in args else []
+            args = [*TINY_SWEEP, *search, *args]  # Hydra takes no override after -m
             if "hydra/launcher=ray" in args and not ray_installed():
                 continue  # `pip install -e '.[ray]'`, as the line says; CI installs it
         elif module == "genart" and "--cfg" not in args:
