@@ -3,9 +3,13 @@ sweep dir, search.db, W&B curves, prompts that reach jobs exactly, lost jobs, ki
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import sqlite3
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,7 @@ import pytest
 from genart.overrides import quote
 from genart.search.decoding import image_seed
 from genart.search.store import counts, read_evaluations
-from tests.conftest import REPO, cli, compose
+from tests.conftest import OFFLINE, REPO, cli, compose, user_environment
 
 pytestmark = pytest.mark.slow
 SEARCH = [
@@ -218,3 +222,40 @@ def test_a_search_killed_mid_generation_resumes_on_the_same_trajectory(tmp_path)
     images = sorted(killed.glob("*/final.png"))
     assert len(images) == 12, "each evaluation rendered once (the killed job's dir has none)"
     assert not math.isnan(sum(r[6] for r in rows(killed)))
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None,
+    reason="needs the ray extra: pip install -e '.[ray]'",
+)
+def test_a_search_runs_its_jobs_on_ray(tmp_path):
+    ray_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Unix socket paths max ~107 chars
+    ray = str(Path(sys.executable).parent / "ray")
+    start = subprocess.run(
+        [ray, "start", "--head", "--num-cpus=2", "--include-dashboard=false",
+         f"--temp-dir={ray_dir}", "--disable-usage-stats"],
+        env={**user_environment(), **OFFLINE}, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert start.returncode == 0, start.stderr[-2000:]
+    try:
+        out, sweep_dir = search(
+            *SEARCH[:-3], "logger=none", "search.population=2", "search.repeats=2",
+            "search.generations=2", "hydra/launcher=ray", "+hydra.launcher.ray.init.address=auto",
+            "+hydra.launcher.ray.init.object_store_memory=null",
+            cwd=tmp_path,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert counts(sweep_dir / "search.db") == {
+            "individuals": 4,
+            "evaluations": 8,
+            "generations": 2,
+        }
+        assert {r["status"] for r in read_evaluations(sweep_dir / "search.db")} == {"ok"}
+    finally:
+        subprocess.run(
+            [ray, "stop", "--force"],
+            env=OFFLINE | user_environment(),
+            capture_output=True,
+            timeout=120,
+        )
