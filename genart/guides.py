@@ -156,6 +156,10 @@ class CLIPModel(nn.Module):
         """Stay in eval mode whatever the parent does: the model is frozen."""
         return super().train(False)
 
+    def new_run(self) -> None:
+        """Forget the last run's prompts (genart.model_cache keeps the model for the next run)."""
+        self._text_cache.clear()
+
     def _apply(self, fn, *args, **kwargs):
         # a move or cast (.to, .half) changes what the text tower returns: recompute
         self._text_cache.clear()
@@ -252,6 +256,12 @@ class Guide(nn.Module):
     def set_precision(self, dtype: torch.dtype, plan=None) -> None:
         for model in self.models.values():
             model.set_precision(dtype, plan)
+
+    def new_run(self) -> None:
+        """Forget the last run's prompts, so a kept guide warns about a long prompt again."""
+        self._checked.clear()
+        for model in self.models.values():
+            model.new_run()
 
     def compile_hot(self) -> None:
         for model in self.models.values():

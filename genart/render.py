@@ -37,6 +37,9 @@ class Run:
     steps: int = 0  # how many steps the loop runs (total_steps)
     env: dict = field(default_factory=dict)
     autocast: object = None
+    # reuse this process's kept models (genart.model_cache): render() sets it from cache_models;
+    # a tool holding several runs at once leaves it off, as kept models are shared
+    keep_models: bool = False
 
 
 def build(cfg: DictConfig, run: Run) -> None:
@@ -66,16 +69,22 @@ def build(cfg: DictConfig, run: Run) -> None:
     precision = resolve_precision(cfg.precision, device)
     run.env = environment(device, precision, threads)
     seed_everything(cfg.seed)
-    run.generator = instantiate(cfg.generator).to(device)
-    run.guide = instantiate(cfg.guide).to(device)
-    run.autocast = autocast_for(device, precision, run.generator)
-    run.cutouts = instantiate(
-        cfg.cutouts, cut_size=cfg.cutouts.get("cut_size") or run.guide.input_size
-    )
     plan = kernel_plan(device, dtype_of(precision))  # result.json records it (runtime.environment)
-    apply_precision([run.generator, run.guide, run.cutouts], precision, plan)
-    if cfg.get("compile"):
-        compile_models([run.generator, run.guide, run.cutouts])
+
+    def ready(model):  # moved, at its precision, compiled: what the model cache keeps
+        apply_precision([model], precision, plan)
+        if cfg.get("compile"):
+            compile_models([model])
+        return model
+
+    context = {"device": str(device), "precision": precision, "plan": repr(plan)}
+    context["compile"] = bool(cfg.get("compile"))
+    run.generator = load_model(cfg, run, "generator", context, lambda m: ready(m.to(device)))
+    run.guide = load_model(cfg, run, "guide", context, lambda m: ready(m.to(device)))
+    run.autocast = autocast_for(device, precision, run.generator)
+    run.cutouts = ready(
+        instantiate(cfg.cutouts, cut_size=cfg.cutouts.get("cut_size") or run.guide.input_size)
+    )
     run.schedule = instantiate(cfg.prompts, _convert_="all")
     run.losses = {
         name: instantiate(node).to(device) for name, node in cfg.losses.items() if node is not None
@@ -90,6 +99,22 @@ def build(cfg: DictConfig, run: Run) -> None:
 
     run.callbacks = [instantiate(node) for node in callback_nodes(cfg)]
     torch.set_grad_enabled(True)
+
+
+def load_model(cfg: DictConfig, run: Run, role: str, context: dict, prepare):
+    """`prepare(instantiate(cfg[role]))`, or this process's kept one (genart.model_cache)."""
+    from hydra.utils import instantiate
+
+    from genart import model_cache
+
+    node = cfg[role]
+    return model_cache.load(
+        role,
+        OmegaConf.to_container(node, resolve=True),
+        context,
+        lambda: prepare(instantiate(node)),
+        enabled=run.keep_models,
+    )
 
 
 def total_steps(updater, steps: int) -> int:
@@ -334,6 +359,7 @@ def render(cfg: DictConfig, run_dir: Path, meta: dict | None = None, resume: boo
 
     cfg = resolve_all_pretrained(cfg)
     run = Run(run_dir=Path(run_dir), config=OmegaConf.to_container(cfg), meta=meta or {})
+    run.keep_models = bool(cfg.get("cache_models"))  # a run saved before the key: load per job
     build(cfg, run)
     init = apply_init(cfg, run)
     if resume:
@@ -380,14 +406,15 @@ def build_scorer(cfg: DictConfig, run: Run, targets: list, device):
     """conf/scorer's scorer; one that judges by the prompts gets this run's (`score_image`).
 
     A run saved before scorers existed (resume=) has no `scorer` node: it keeps clip_prompt."""
-    from hydra.utils import instantiate
-
     from genart.scorers import CLIPPromptScorer
 
-    node = cfg.get("scorer")
-    scorer = instantiate(node) if node else CLIPPromptScorer(cfg.score.views, cfg.score.seed)
-    if hasattr(scorer, "to"):
-        scorer.to(device)
+    def prepare(scorer):
+        return scorer.to(device) if hasattr(scorer, "to") else scorer
+
+    if cfg.get("scorer"):
+        scorer = load_model(cfg, run, "scorer", {"device": str(device)}, prepare)
+    else:
+        scorer = CLIPPromptScorer(cfg.score.views, cfg.score.seed)
     if hasattr(scorer, "bind"):
         scorer.bind(
             lambda image, n_views, seed: score_image(

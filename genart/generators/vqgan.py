@@ -177,14 +177,19 @@ class VQGANGenerator(Generator):
         self.register_buffer("z_max", codebook.amax(0).view(1, -1, 1, 1))
         if init != "random":
             raise ValueError(f"VQGANGenerator init={init!r}: only 'random' (codebook tokens)")
-        width, height = self.size
-        self.z = nn.Parameter(self.random_latent(height // self.factor, width // self.factor))
+        self.new_run()
         self.set_precision(torch.float32)  # the decoder's compute dtype and kernel plan
 
     @property
     def codebook(self) -> torch.Tensor:
         """The codebook (n_embed, embed_dim)."""
         return self.model.quantize.embedding.weight
+
+    def new_run(self) -> None:
+        """θ afresh, as this constructor draws it: a kept generator's next run (genart.model_cache)."""
+        width, height = self.size
+        z = self.random_latent(height // self.factor, width // self.factor)  # (1, D, h, w)
+        self.z = nn.Parameter(z.to(self.codebook.device))
 
     def random_latent(self, h: int, w: int) -> torch.Tensor:
         """Random codebook tokens (= one_hot(idx) @ codebook), drawn from the global RNG."""
