@@ -1,0 +1,1 @@
+"""the studio: breed starting latents (issue 17)"""
