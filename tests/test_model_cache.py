@@ -126,18 +126,23 @@ def test_a_killed_run_resumes_on_kept_models(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_basic_launcher_sweep_renders_the_same_pixels_with_and_without_kept_models(tmp_path):
-    """Two `-m` sweeps as a user types them (the basic launcher runs jobs in one process)."""
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_sweep_renders_the_same_pixels_with_and_without_kept_models(tmp_path, launcher):
+    """Two `-m` sweeps as a user types them: the basic launcher runs the jobs in one process,
+    joblib's two workers two jobs each."""
     from tests.conftest import TINY, cli
 
+    seeds = "0,1" if launcher == "basic" else "0,1,2,3"
     finals = {}
     for cache in ("false", "true"):
-        args = [*TINY, "size=[64,64]", *MOVING, "seed=0,1", f"cache_models={cache}", "-m"]
+        args = [*TINY, "size=[64,64]", *MOVING, f"seed={seeds}", f"cache_models={cache}"]
+        args += [f"hydra/launcher={launcher}", "-m"]
         (tmp_path / cache).mkdir()
         out = cli("genart", *args, cwd=tmp_path / cache, timeout=900)
         assert out.returncode == 0, out.stderr[-3000:]
         (sweep_dir,) = (tmp_path / cache / "outputs/multirun").glob("*/*")
-        finals[cache] = [pixels(sweep_dir / job / "final.png") for job in ("0", "1")]
+        jobs = [str(job) for job in range(len(seeds.split(",")))]
+        finals[cache] = [pixels(sweep_dir / job / "final.png") for job in jobs]
         assert (pixels(sweep_dir / "1/frames/00001.png") != finals[cache][1]).mean() > 0.25
     assert (finals["true"][0] != finals["true"][1]).mean() > 0.25
     for fresh, kept in zip(finals["false"], finals["true"], strict=True):
