@@ -19,8 +19,11 @@ rehearsal ends where the build did:
   are recorded (op, shapes, dtypes) and replayed on a reuse, kept only if the replay ends in the
   state the build ended in. `new_run()`, where present, drops what the last run left (text
   embeddings, prompts already warned about).
-Submodules get back the train/eval modes they had when built. Jobs in one process run one
-after another (never two at once on one model).
+A model whose rehearsal fails is built per job, as with cache_models=false. The replay draws as
+many random numbers as the build's init did (cheaper than reading and converting the weights,
+not free). Submodules get back the train/eval modes they had when built. Only `render()` uses
+kept models (`Run.keep_models`): its jobs run one after another in a process, never two at once
+on one model, while the bench tools, which hold several runs at once, build their own.
 """
 
 from __future__ import annotations
