@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any
 
-from joblib.externals import cloudpickle
+import cloudpickle  # joblib vendored it before 1.6 (joblib.externals.cloudpickle); now a dependency
 
 
 @dataclass
