@@ -70,7 +70,7 @@ _ABSENT = object()  # a key the config does not have (None is a value: `threads:
 def check_config(cfg: DictConfig) -> None:
     """Every check, cheap ones first; the first problem found is raised."""
     checks = (check_known_keys, check_numbers, check_size, check_cutouts, check_losses)
-    for check in (*checks, check_clip_guidance):
+    for check in (*checks, check_clip_guidance, check_start_latent):
         check(cfg)
     check_device(cfg)  # last: the only one that imports torch
 
@@ -176,6 +176,19 @@ def check_clip_guidance(cfg: DictConfig) -> None:
             f"the default of generator=sdxl…), but this run's updater is {target or 'unset'}, "
             "which moves θ along the objective's gradient itself and would ignore it. Use "
             "generator=sdxl_tiny (or sdxl) with updater=sample, or set clip_guidance.scale=0."
+        )
+
+
+def check_start_latent(cfg: DictConfig) -> None:
+    """init.start_latent and an init image both say where θ starts: refuse the pair."""
+    init = cfg.get("init") or {}
+    image = init.get("image") or init.get("make")
+    if init.get("start_latent") and image:
+        key = "init.image" if init.get("image") else "init.make"
+        raise UserError(
+            f"init.start_latent={init.start_latent} and {key} both set where the run starts: a "
+            "start latent is the drawn latent itself, an init image is encoded over it. Keep "
+            f"one: unset {key} (e.g. {key}=null), or init.start_latent=null."
         )
 
 

@@ -170,8 +170,10 @@ def apply_init(cfg: DictConfig, run: Run) -> dict:
     """Encode the init image (a file, or one made in code by `init.make`) into θ."""
     import torch
 
+    start_from_latent(cfg, run)
     image = load_init_image(cfg.init, run.generator.size)
     if image is None:
+        record_start_latent(cfg, run)
         return {}
     unused = getattr(run.updater, "init_unused", None)  # an updater that starts θ its own way
     if unused:
@@ -185,6 +187,56 @@ def apply_init(cfg: DictConfig, run: Run) -> dict:
         "init_latent": None if latent is None else latent.detach().clone(),
         "init_image": init_image.detach(),
     }
+
+
+def start_from_latent(cfg: DictConfig, run: Run) -> None:
+    """`init.start_latent=<file>` (safetensors, key `start_latent`) replaces the latent the
+    generator drew (a kept generator's `new_run()` draw too); the seed still drives the rest."""
+    value = cfg.init.get("start_latent")
+    if not value:
+        return
+    from genart.safety import start_latent_file
+
+    path, name = start_latent_file(str(value)), type(run.generator).__name__
+    if not hasattr(run.generator, "set_start_latent") or getattr(run.updater, "init_unused", None):
+        why = (
+            f"the generator {name} has no start latent (no set_start_latent)"
+            if not hasattr(run.generator, "set_start_latent")
+            else f"this run's updater ({type(run.updater).__name__}) starts from its own noise"
+        )
+        raise UserError(
+            f"init.start_latent={value} cannot be used: {why}. Use a generator with a spatial "
+            "starting latent (vqgan, pixels, or sdxl with updater=gradient), or leave "
+            "init.start_latent unset."
+        )
+    run.generator.set_start_latent(read_start_latent(path), f"init.start_latent={value}")
+
+
+def read_start_latent(path: Path):
+    """The `start_latent` tensor of a safetensors file (never unpickled), or a UserError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))["start_latent"]
+    except (OSError, SafetensorError, KeyError) as err:
+        raise UserError(
+            f"init.start_latent: cannot read a start latent from {path} ({err}). Give the "
+            "start_latent.safetensors a run wrote into its run dir (or a preset's "
+            "<name>.start_latent.safetensors)."
+        ) from None
+
+
+def record_start_latent(cfg: DictConfig, run: Run) -> None:
+    """start_latent.safetensors in the run dir: the latent θ started from (kept on resume)."""
+    from safetensors.torch import save_file
+
+    latent = getattr(run.generator, "start_latent", lambda: None)()
+    path = Path(run.run_dir) / "start_latent.safetensors"
+    if latent is None or getattr(run.updater, "init_unused", None) or path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"start_latent": latent.detach().cpu().contiguous()}, str(path))
 
 
 def load_init_image(init: DictConfig, size: tuple[int, int]):

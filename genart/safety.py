@@ -74,6 +74,7 @@ _REFUSED_RESOLVERS = {
     "oc.env": "reads an environment variable (a token or password would be copied into the "
     "run's config, its W&B run and any preset saved from it)",
 }
+LATENT_KEY = "start_latent"  # init.start_latent: in a preset, relative to the preset file
 _UNSET = object()  # a key one of two configs lacks (no value can pass for it)
 
 
@@ -103,7 +104,9 @@ def check_presets(
     with _composer(argv, entries, main_config) as compose:
         base = compose(None)
         for choice in choices:
-            _judge(compose(choice), base, choice, allow)
+            cfg = compose(choice)
+            _judge(cfg, base, choice, allow)
+            _check_start_latent(cfg, base, choice, dirs)
 
 
 def _allowed_targets(main: dict) -> frozenset[str]:
@@ -277,6 +280,53 @@ def _judge(cfg: Any, base: Any, choice: _Choice, allow: frozenset[str]) -> None:
     for key, target in _targets(cfg):
         if before_targets.get(key) != target:
             _check_target(key, target, choice, allow)
+
+
+def _check_start_latent(cfg: Any, base: Any, choice: _Choice, dirs: list[Path]) -> None:
+    """A preset's `init.start_latent` must name a file inside the preset dirs, relative to it."""
+    value = (cfg.get("init") or {}).get(LATENT_KEY)
+    if value is None or _same((base.get("init") or {}).get(LATENT_KEY), value):
+        return
+    try:
+        preset_latent_path(str(value), choice.path, dirs)
+    except UserError as e:
+        raise _refusal(choice, str(e), "Keep the latent beside the preset file.") from None
+
+
+def preset_latent_path(value: str, preset_file: Path, dirs: list[Path]) -> Path:
+    """A preset's init.start_latent, resolved relative to the preset file (links followed);
+    refused (UserError) if absolute or outside every preset dir (<dir>/preset)."""
+    roots = [(Path(d) / PRESET_GROUP).resolve() for d in dirs]
+    path = (Path(preset_file).parent / value).resolve()
+    if Path(value).is_absolute() or "${" in value or not any(path.is_relative_to(r) for r in roots):
+        raise UserError(
+            f"its init.start_latent={value} is not a path relative to the preset file that "
+            f"stays inside the preset dirs ({', '.join(map(str, roots))}); it resolves to {path}"
+        )
+    return path
+
+
+def start_latent_file(value: str) -> Path:
+    """The file `init.start_latent=<value>` names: relative to the preset file when a preset of
+    this Hydra run sets that value, else (typed by the user) as given, relative to the cwd."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return Path(value)
+    runtime = HydraConfig.get().runtime
+    sources = [searchpath_dir(f"{s.schema}://{s.path}") for s in runtime.config_sources]
+    dirs = [d for d in sources if d is not None]
+    for key, name in runtime.choices.items():
+        if name is None or key.partition("@")[0].split("/")[0] != PRESET_GROUP:
+            continue
+        group = key.partition("@")[0]
+        files = [d / group / f"{name}.yaml" for d in dirs if (d / group / f"{name}.yaml").is_file()]
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        data = yaml.load(files[0].read_text(), Loader=loader) if files else None
+        init = (data or {}).get("init") if isinstance(data, dict) else None
+        if isinstance(init, dict) and init.get(LATENT_KEY) == value:
+            return preset_latent_path(value, files[0], dirs)
+    return Path(value)
 
 
 def _leaves(node: Any, key: str = "") -> dict[str, Any]:

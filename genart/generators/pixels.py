@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from genart.errors import UserError
 from genart.generators.base import Generator
 
 
@@ -16,9 +17,29 @@ class PixelGenerator(Generator):
         width, height = int(size[0]), int(size[1])
         self.size = (width, height)
         self.logits = nn.Parameter(torch.randn(1, 3, height, width) * init_std)
+        self.start = self.logits.detach().clone()  # (1, 3, H, W): the run's gene
 
     def theta(self) -> list[nn.Parameter]:
         return [self.logits]
+
+    def start_latent(self) -> torch.Tensor:
+        """The logits (1, 3, H, W) this run started from, before optimisation."""
+        return self.start
+
+    @torch.no_grad()
+    def set_start_latent(self, logits: torch.Tensor, source: str = "init.start_latent") -> None:
+        """Start from these logits (1, 3, H, W) float32 instead of the drawn ones."""
+        width, height = self.size
+        if logits.dtype != torch.float32 or tuple(logits.shape) != (1, 3, height, width):
+            raise UserError(
+                f"{source} holds a latent of shape {tuple(logits.shape)} "
+                f"{str(logits.dtype).removeprefix('torch.')}, but the pixels generator at "
+                f"size={width}x{height} starts from logits of shape (1, 3, {height}, {width}) "
+                "float32. Use a start_latent.safetensors recorded by a run of the same generator "
+                "and size, or change size= to the one that recorded it."
+            )
+        self.start = logits.clone()
+        self.logits.copy_(self.start)
 
     def forward(self) -> torch.Tensor:
         return torch.sigmoid(self.logits)  # (1, 3, H, W) in [0, 1]

@@ -219,6 +219,8 @@ class SDXLGenerator(Generator):
         self.z = torch.nn.Parameter(
             torch.randn(1, self.unet.config.in_channels, height // f, width // f)
         )
+        # the run's gene: z's initial noise (1, 4, H/8, W/8); init=sample starts elsewhere
+        self.start = self.z.detach().clone() if init == "noise" else None
         self.to(pick_device(str(device)))
         if init == "sample":
             from genart.samplers import sample_latents
@@ -286,6 +288,33 @@ class SDXLGenerator(Generator):
     @torch.no_grad()
     def set_latent(self, latents: torch.Tensor) -> None:
         self.z.copy_(latents)
+
+    def start_latent(self) -> torch.Tensor | None:
+        """The noise latent (1, C, H/8, W/8) z started from (None: generator.init=sample)."""
+        return self.start
+
+    @torch.no_grad()
+    def set_start_latent(self, noise: torch.Tensor, source: str = "init.start_latent") -> None:
+        """Start z from this noise latent (1, C, H/8, W/8) float32 instead of the drawn one."""
+        width, height = self.size
+        f, channels = self.pipe.vae_scale_factor, self.unet.config.in_channels
+        expected = (1, channels, height // f, width // f)
+        if self.start is None:
+            raise UserError(
+                f"{source} sets SDXL's initial noise, but generator.init=sample starts z from a "
+                "whole plain sampling instead. Use generator.init=noise, or leave "
+                f"{source} unset."
+            )
+        if noise.dtype != torch.float32 or tuple(noise.shape) != expected:
+            raise UserError(
+                f"{source} holds a latent of shape {tuple(noise.shape)} "
+                f"{str(noise.dtype).removeprefix('torch.')}, but SDXL at size={width}x{height} "
+                f"starts from noise of shape {expected} float32 (size / {f}). Use a "
+                "start_latent.safetensors recorded by a run of the same generator and size, or "
+                "change size= to the one that recorded it."
+            )
+        self.start = noise.clone()
+        self.z.copy_(self.start)
 
     @torch.no_grad()
     def encode_text(self, text: str) -> TextEmbeds:

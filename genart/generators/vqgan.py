@@ -188,13 +188,41 @@ class VQGANGenerator(Generator):
     def new_run(self) -> None:
         """θ afresh, as this constructor draws it: a kept generator's next run (genart.model_cache)."""
         width, height = self.size
-        z = self.random_latent(height // self.factor, width // self.factor)  # (1, D, h, w)
-        self.z = nn.Parameter(z.to(self.codebook.device))
+        h, w = height // self.factor, width // self.factor
+        self.tokens = torch.randint(self.codebook.shape[0], (h, w))  # (h, w) long: the run's gene
+        self.z = nn.Parameter(self.tokens_to_z(self.tokens))  # (1, D, h, w)
 
     def random_latent(self, h: int, w: int) -> torch.Tensor:
         """Random codebook tokens (= one_hot(idx) @ codebook), drawn from the global RNG."""
-        idx = torch.randint(self.codebook.shape[0], (h * w,))
-        return self.codebook[idx].T.reshape(1, -1, h, w).clone()  # (1, D, h, w)
+        return self.tokens_to_z(torch.randint(self.codebook.shape[0], (h, w)))  # (1, D, h, w)
+
+    def tokens_to_z(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Codebook tokens (h, w) long → z (1, D, h, w): each position's codebook row."""
+        h, w = tokens.shape
+        rows = self.codebook[tokens.reshape(-1).to(self.codebook.device)]  # (h·w, D)
+        return rows.T.reshape(1, -1, h, w).clone()
+
+    def start_latent(self) -> torch.Tensor:
+        """The codebook tokens (h, w) long this run's z started from, before optimisation."""
+        return self.tokens
+
+    @torch.no_grad()
+    def set_start_latent(self, tokens: torch.Tensor, source: str = "init.start_latent") -> None:
+        """Start z from codebook tokens (h, w) long instead of the ones new_run drew."""
+        width, height = self.size
+        h, w = height // self.factor, width // self.factor
+        n_embed = self.codebook.shape[0]
+        fits = tokens.dtype == torch.long and tuple(tokens.shape) == (h, w)
+        if not fits or int(tokens.min()) < 0 or int(tokens.max()) >= n_embed:
+            got = f"{tuple(tokens.shape)} {str(tokens.dtype).removeprefix('torch.')}"
+            raise UserError(
+                f"{source} holds a latent of shape {got}, but this VQGAN at size={width}x{height} "
+                f"starts from codebook tokens of shape ({h}, {w}) int64 (size / {self.factor}), "
+                f"each in [0, {n_embed}). Use a start_latent.safetensors recorded by a run of "
+                f"the same generator and size, or change size= to the one that recorded it."
+            )
+        self.tokens = tokens.clone()
+        self.z.copy_(self.tokens_to_z(self.tokens))
 
     def train(self, mode: bool = True) -> VQGANGenerator:
         """Only z trains; the frozen model stays in eval mode."""

@@ -100,9 +100,21 @@ def save_preset(
     freeze_precision(values, info.get("precision"))
     text = description or _summary(run_dir, choices)
     notes = [*_provenance(run_dir, info, values, stale), f"description: {text}"]
+    _carry_start_latent(Path(run_dir), root, out, values)
     _write_atomic(root, out, _render(notes, defaults, values))
     _warn_if_refused(root, name)
     return out
+
+
+def _carry_start_latent(run_dir: Path, root: Path, out: Path, values: dict) -> None:
+    """The run's start_latent.safetensors → `<name>.start_latent.safetensors` beside the preset,
+    named in it relative to the preset file (genart.safety resolves it so)."""
+    latent = run_dir / "start_latent.safetensors"
+    if not latent.is_file():
+        return
+    beside = out.with_name(f"{out.stem}.start_latent.safetensors")
+    _write_atomic(root, beside, latent.read_bytes())
+    values.setdefault("init", {})["start_latent"] = beside.name
 
 
 def freeze_precision(values: dict, resolved: object) -> None:
@@ -151,7 +163,7 @@ def _target_path(root: Path, name: str) -> Path:
     return root / f"{name}.yaml"
 
 
-def _write_atomic(root: Path, out: Path, text: str) -> None:
+def _write_atomic(root: Path, out: Path, text: str | bytes) -> None:
     """Write a temporary file beside `out`, then rename it over `out`: a reader never sees half a
     preset, and a symlink at `out` is replaced, never followed."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -159,7 +171,7 @@ def _write_atomic(root: Path, out: Path, text: str) -> None:
         _target_path(root, out.relative_to(root).with_suffix("").as_posix())
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".part")
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
         os.replace(tmp, out)
     except BaseException:
