@@ -42,21 +42,29 @@ def settings(**kw) -> Settings:
 
 # -- decoding ----------------------------------------------------------------------------------
 def test_decoding_draws_each_piece_at_its_probability():
-    """Without the cap, piece i is kept with probability p_i: every frequency of 4000 draws lies
-    within 4.5 binomial standard deviations of its p_i, and a χ² over all pieces is plausible."""
+    """Without the cap, piece i is kept with probability p_i, independently: every frequency of
+    4000 draws lies within 4.5 binomial standard deviations of its p_i, a χ² over all pieces is
+    plausible, and every pair is kept together at p_i·p_j."""
     rng = np.random.default_rng(7)
     p = rng.random(30)
     decoding = Decoding(PIECES, k=30)
     n = 4000
-    hits = np.zeros(30)
+    hits, together = np.zeros(30), np.zeros((30, 30))
     for r in range(n):
-        hits[decoding.draw(p, draw_rng(0, 0, 0, r))] += 1
+        kept = decoding.draw(p, draw_rng(0, 0, 0, r))
+        hits[kept] += 1
+        together[np.ix_(kept, kept)] += 1
     empty = p.argmax()  # an empty draw takes the likeliest piece: leave it out of the check
     rest = np.arange(30) != empty
     sd = np.sqrt(n * p * (1 - p))
     assert np.all(np.abs(hits - n * p)[rest] <= 4.5 * sd[rest] + 1), (hits / n, p)
     chi2 = float((((hits - n * p) ** 2) / (n * p * (1 - p)))[rest].sum())
     assert chi2 < 60, chi2  # 29 degrees of freedom: P(χ² > 60) ≈ 0.0006
+    # independently: each pair is kept together at p_i·p_j (one shared uniform would give min)
+    pair = np.outer(p, p)
+    off = np.outer(rest, rest) & ~np.eye(30, dtype=bool)
+    sd_pair = np.sqrt(n * pair * (1 - pair))
+    assert np.all(np.abs(together - n * pair)[off] <= 4.5 * sd_pair[off] + 1)
 
 
 def test_decoding_keeps_at_most_k_and_says_which():
