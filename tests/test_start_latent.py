@@ -46,13 +46,18 @@ def test_the_same_start_latent_and_seed_give_the_same_image(tmp_path, cache):
 
 
 def test_a_sweep_job_with_a_start_latent_overrides_the_kept_generators_draw(tmp_path):
-    """Job 2 of one process reuses job 1's generator (new_run re-draws z): the file still wins."""
+    """Job 2 of one process reuses job 1's generator (new_run re-draws z from the seed): the
+    file still wins, and gives the pixels of a fresh build started from the same file."""
     run_tiny(tmp_path / "a", [*FAST, "seed=3", "cache_models=false"])
+    other = tmp_path / "other.safetensors"  # not what seed 3 draws
+    save_file({"start_latent": (tokens(tmp_path / "a") + 7) % 64}, str(other))
+    latent = f"init.start_latent={other}"
+    run_tiny(tmp_path / "fresh", [*FAST, "seed=3", "cache_models=false", latent])
     run_tiny(tmp_path / "job1", [*FAST, "seed=0", "cache_models=true"])
-    latent = f"init.start_latent={tmp_path / 'a/start_latent.safetensors'}"
     run_tiny(tmp_path / "job2", [*FAST, "seed=3", "cache_models=true", latent])
-    assert torch.equal(tokens(tmp_path / "job2"), tokens(tmp_path / "a"))
-    assert np.array_equal(pixels(tmp_path / "a"), pixels(tmp_path / "job2"))
+    assert torch.equal(tokens(tmp_path / "job2"), (tokens(tmp_path / "a") + 7) % 64)
+    assert not np.array_equal(pixels(tmp_path / "a"), pixels(tmp_path / "job2"))
+    assert np.array_equal(pixels(tmp_path / "fresh"), pixels(tmp_path / "job2"))
 
 
 def test_another_seed_keeps_the_start_but_not_the_image(tmp_path):
