@@ -175,3 +175,25 @@ def test_a_preset_carries_its_latent_and_reproduces_the_image(tmp_path):
     other = next(r for r in runs if r != same)
     assert torch.equal(tokens(same), tokens(first)) and torch.equal(tokens(other), tokens(first))
     assert np.array_equal(pixels(first), pixels(same))
+
+
+def test_sdxl_records_and_takes_its_initial_noise():
+    from tests.sdxl_helpers import tiny_generator
+
+    generator = tiny_generator()
+    width, height = generator.size
+    f = generator.pipe.vae_scale_factor  # 8 for SDXL, 2 for sdxl_tiny
+    start = generator.start_latent()
+    assert start.shape == (1, 4, height // f, width // f) and start.dtype == torch.float32
+    assert torch.equal(start, generator.z.detach())
+    noise = torch.randn_like(start)
+    generator.set_start_latent(noise)
+    assert torch.equal(generator.z.detach(), noise) and torch.equal(generator.start_latent(), noise)
+    with pytest.raises(
+        UserError, match=rf"size={width}x{height}.*\(1, 4, {height // f}, {width // f}\)"
+    ):
+        generator.set_start_latent(torch.randn(1, 4, 3, 3))
+    sampled = tiny_generator(init="sample")
+    assert sampled.start_latent() is None
+    with pytest.raises(UserError, match="generator.init=sample"):
+        sampled.set_start_latent(noise)
