@@ -1,0 +1,296 @@
+"""The studio's web app (Flask): a generation's images, favourites, a click, "Next generation".
+
+First slice of issue 17's must haves 4 and 5: the page and the picks are real; launching the
+next generation is not built yet, and the POST says so (501) after recording the picks.
+Security: Host header checked (DNS rebinding), a token when bound beyond loopback, a CSRF token
+on every POST, files served only from inside the sweep dirs (symlinks resolved), Jinja
+autoescape for everything the sweep wrote (prompts included).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+import secrets
+from pathlib import Path
+
+from flask import Flask, abort, g, redirect, render_template_string, request, send_file
+
+from genart.studio.db import FILENAME, StudioStore, key, read_search_prompts, studio_dir
+from genart.tools.sweep_dirs import job_dirs, read_job
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp")  # nothing else is ever served
+TOKEN_COOKIE, TOKEN_HEADER = "genart_studio_token", "X-Studio-Token"
+MAX_CHILDREN = 64  # a page of children; more is a sweep, not a studio step
+NOT_BUILT = "launching the next generation is not built yet (issue 17)"
+
+PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>genart studio · {{ sweep.name }}</title>
+<style>
+body { font: 14px system-ui, sans-serif; margin: 1rem; background: #fafafa; color: #222; }
+#grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(280px, 1fr)); gap: 1rem; }
+.card { background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: .6rem; }
+.card.failed { border-color: #c33; background: #fff5f5; }
+.pick { position: relative; }
+.pick img { width: 100%; height: auto; display: block; cursor: crosshair; }
+.mark { position: absolute; width: 12px; height: 12px; margin: -7px; border: 2px solid #f0f;
+  border-radius: 50%; pointer-events: none; display: none; }
+.prompt, .lineage { font: 12px monospace; overflow-wrap: anywhere; }
+</style>
+</head>
+<body>
+<h1>{{ sweep.name }}</h1>
+<p>{{ cards|length }} images. Tick favourites, click a point on an image to mark "change here".</p>
+<form method="post" action="/next">
+<input type="hidden" name="csrf" value="{{ csrf }}">
+<input type="hidden" name="click" id="click" value="">
+<div id="grid">
+{% for card in cards %}
+<div class="card {{ card.status }}">
+<label><input type="checkbox" name="favourite" value="{{ card.rel }}"> job {{ card.rel }}
+ · {{ card.status }} · score {{ card.score_text }} · seed {{ card.seed }}</label>
+{% if card.image %}<div class="pick"><img src="/file/{{ card.image }}" alt="job {{ card.rel }}"
+ data-run="{{ card.rel }}"><span class="mark"></span></div>{% endif %}
+<p class="prompt">{{ card.prompt }}</p>
+{% if card.lineage %}<p class="lineage">{{ card.lineage.operator }} of
+ {{ card.lineage.parents|join(", ") }} · seed {{ card.lineage.seed }} · generation
+ {{ card.lineage.generation }}{% if card.lineage.click_x is not none %} · click
+ ({{ card.lineage.click_x }}, {{ card.lineage.click_y }}){% endif %}</p>{% endif %}
+</div>
+{% endfor %}
+</div>
+<p><label>children <input type="number" name="children" min="1" max="{{ max_children }}"
+ value="4"></label> <button type="submit">Next generation</button></p>
+</form>
+<script nonce="{{ nonce }}">
+document.querySelectorAll(".pick img").forEach((img) => img.addEventListener("click", (e) => {
+  const r = img.getBoundingClientRect(), sx = img.naturalWidth / r.width;
+  const x = (e.clientX - r.left) * sx, y = (e.clientY - r.top) * sx;  // image pixels
+  document.getElementById("click").value = JSON.stringify({run: img.dataset.run, x: x, y: y});
+  document.querySelectorAll(".mark").forEach((m) => (m.style.display = "none"));
+  const mark = img.nextElementSibling;
+  mark.style.left = e.clientX - r.left + "px"; mark.style.top = e.clientY - r.top + "px";
+  mark.style.display = "block";
+}));
+</script>
+</body>
+</html>
+"""
+
+
+def create_app(
+    sweep_dir: Path, host: str = "127.0.0.1", port: int | None = None, token: str | None = None
+) -> Flask:
+    """The studio on one sweep dir; `host`/`port` are what it is bound to (the Host check)."""
+    app = Flask(__name__, static_folder=None)  # nothing served but the sweep's images
+    sweep = Path(sweep_dir).resolve()
+    db_path = studio_dir(sweep) / FILENAME
+    StudioStore(db_path).close()  # created (schema) at start-up, never by a GET
+    app.config.update(
+        SWEEP=sweep,
+        ROOTS=[sweep],
+        STUDIO_DB=db_path,
+        TOKEN=token,
+        CSRF=secrets.token_urlsafe(32),
+        ALLOWED_HOSTS=allowed_hosts(host),
+        PORT=port,
+    )
+    app.before_request(check_host)
+    app.before_request(check_token)
+    app.after_request(harden)
+    app.teardown_request(close_store)
+    app.add_url_rule("/", view_func=index)
+    app.add_url_rule("/file/<path:rel>", view_func=serve_file)
+    app.add_url_rule("/next", view_func=next_generation, methods=["POST"])
+    return app
+
+
+# -- requests ----------------------------------------------------------------------------------
+def allowed_hosts(host: str) -> set[str]:
+    return {*LOOPBACK, host.strip("[]").lower()}
+
+
+def check_host():
+    """Refuse a Host header naming anything but loopback or the bound host (DNS rebinding)."""
+    from flask import current_app
+
+    name, port = split_host(request.headers.get("Host", ""))
+    wanted = current_app.config["PORT"]
+    if name not in current_app.config["ALLOWED_HOSTS"] or (port and wanted and port != wanted):
+        abort(400, "unexpected Host header")
+
+
+def split_host(header: str) -> tuple[str, int | None]:
+    """('localhost', 8000) from 'localhost:8000', ('::1', None) from '[::1]'; ('', None) if bad."""
+    header = header.strip().lower()
+    name, _, port = header.rpartition(":") if not header.endswith("]") else (header, "", "")
+    if not name or (port and not port.isdigit()):
+        name, port = header, ""
+    name = name.strip("[]")
+    return (name, int(port)) if port else (name, None)
+
+
+def check_token():
+    """With a token, every request carries it: header, cookie, or a first visit's ?token=."""
+    from flask import current_app
+
+    token = current_app.config["TOKEN"]
+    if token is None:
+        return None
+    given = request.args.get("token")
+    if given is not None and same(given, token):  # set the cookie and drop it from the URL
+        response = redirect(request.path)
+        response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict")
+        return response
+    carried = request.headers.get(TOKEN_HEADER) or request.cookies.get(TOKEN_COOKIE) or ""
+    if not same(carried, token):
+        abort(403, "this studio needs its token: open the URL it printed (…/?token=…)")
+    return None
+
+
+def same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+def harden(response):
+    """No framing, no referrer, and only this page's own inline script (by nonce) may run."""
+    nonce = g.get("nonce", "")
+    response.headers["Content-Security-Policy"] = (
+        f"default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
+        f"script-src 'nonce-{nonce}'; form-action 'self'; frame-ancestors 'none'"
+    )
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+def store() -> StudioStore:
+    """This request's handle on studio.db (sqlite3 connections stay in their thread)."""
+    from flask import current_app
+
+    if "store" not in g:
+        g.store = StudioStore(current_app.config["STUDIO_DB"])
+    return g.store
+
+
+def close_store(_error=None) -> None:
+    if "store" in g:
+        g.pop("store").close()
+
+
+# -- views -------------------------------------------------------------------------------------
+def index():
+    from flask import current_app
+
+    g.nonce = secrets.token_urlsafe(16)
+    cfg = current_app.config
+    return render_template_string(
+        PAGE,
+        sweep=cfg["SWEEP"],
+        cards=read_cards(cfg["SWEEP"], store()),
+        csrf=cfg["CSRF"],
+        nonce=g.nonce,
+        max_children=MAX_CHILDREN,
+    )
+
+
+def read_cards(sweep: Path, store: StudioStore) -> list[dict]:
+    """One card per job: image (relative to the sweep), score, prompt, lineage row if any."""
+    prompts = read_search_prompts(sweep)
+    cards = []
+    for job_dir in job_dirs(sweep):
+        job = read_job(job_dir)
+        image = job_dir / "final.png"
+        cards.append(
+            {
+                "rel": job_dir.name,
+                "status": job["status"],
+                "seed": job["seed"],
+                "score_text": "—" if job["score"] is None else f"{job['score']:.4f}",
+                "image": f"{job_dir.name}/final.png" if image.is_file() else None,
+                "prompt": job.get("prompt")
+                or prompts.get(key(job_dir))
+                or png_prompt(image)
+                or " ".join(job["overrides"]),
+                "lineage": store.lineage(job_dir),
+            }
+        )
+    return cards
+
+
+def png_prompt(image: Path) -> str | None:
+    """The prompt final.png records in its text chunk (genart writes it), if any."""
+    from PIL import Image
+
+    try:
+        with Image.open(image) as im:
+            return getattr(im, "text", {}).get("prompts")
+    except OSError:
+        return None
+
+
+def serve_file(rel: str):
+    """A file of the sweep dirs: it must resolve (symlinks followed) inside one of them."""
+    from flask import current_app
+
+    path = inside(rel, current_app.config["ROOTS"])
+    if path is None or path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+        abort(404)
+    return send_file(path)
+
+
+def inside(rel: str, roots: list[Path]) -> Path | None:
+    """`rel` under a root, resolved, if it stays inside that root; else None."""
+    if "\\" in rel or "\x00" in rel or Path(rel).is_absolute():
+        return None
+    for root in roots:
+        path = (root / rel).resolve()
+        if path.is_relative_to(root):
+            return path
+    return None
+
+
+def next_generation():
+    """Validate and record the picks; launching the children is not built yet (501)."""
+    from flask import current_app
+
+    cfg = current_app.config
+    if not same(request.form.get("csrf", ""), cfg["CSRF"]):
+        abort(403, "missing or wrong CSRF token: reload the studio page and try again")
+    known = {d.name: d for d in job_dirs(cfg["SWEEP"])}
+    favourites = request.form.getlist("favourite")
+    if not favourites or any(f not in known for f in favourites):
+        abort(400, "tick at least one favourite among this generation's images")
+    children = parse_children(request.form.get("children", ""))
+    click = parse_click(request.form.get("click", ""), known)
+    store().add_picks(cfg["SWEEP"], [known[f] for f in favourites], click, children)
+    return (
+        NOT_BUILT + "; your picks are recorded in studio.db.\n",
+        501,
+        {"Content-Type": "text/plain; charset=utf-8"},
+    )
+
+
+def parse_children(text: str) -> int:
+    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_CHILDREN:
+        abort(400, f"children must be a whole number from 1 to {MAX_CHILDREN}")
+    return int(text)
+
+
+def parse_click(text: str, known: dict[str, Path]) -> dict | None:
+    """{run, x, y} (image pixels) from the page's hidden field, or None when nothing was clicked."""
+    if not text:
+        return None
+    try:
+        click = json.loads(text)
+        run, x, y = click["run"], float(click["x"]), float(click["y"])
+    except (ValueError, TypeError, KeyError):
+        abort(400, "the click point could not be read")
+    if run not in known or not (math.isfinite(x) and math.isfinite(y)) or min(x, y) < 0:
+        abort(400, "the click point is not on one of this generation's images")
+    return {"run": key(known[run]), "x": x, "y": y}
