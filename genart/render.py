@@ -198,7 +198,8 @@ def start_from_latent(cfg: DictConfig, run: Run) -> None:
     from genart.safety import start_latent_file
 
     path, name = start_latent_file(str(value)), type(run.generator).__name__
-    if not hasattr(run.generator, "set_start_latent") or getattr(run.updater, "init_unused", None):
+    owner = start_latent_owner(run)
+    if owner is None:
         why = (
             f"the generator {name} has no start latent (no set_start_latent)"
             if not hasattr(run.generator, "set_start_latent")
@@ -206,10 +207,19 @@ def start_from_latent(cfg: DictConfig, run: Run) -> None:
         )
         raise UserError(
             f"init.start_latent={value} cannot be used: {why}. Use a generator with a spatial "
-            "starting latent (vqgan, pixels, or sdxl with updater=gradient), or leave "
-            "init.start_latent unset."
+            "starting latent (vqgan, pixels, or sdxl), or leave init.start_latent unset."
         )
-    run.generator.set_start_latent(read_start_latent(path), f"init.start_latent={value}")
+    owner.set_start_latent(read_start_latent(path), f"init.start_latent={value}")
+
+
+def start_latent_owner(run: Run):
+    """Who draws the latent the run starts from: an updater with its own start (diffusion
+    sampling: its noise), else the generator (θ's first value); None when neither has one."""
+    if hasattr(run.updater, "set_start_latent"):
+        return run.updater
+    if getattr(run.updater, "init_unused", None) or not hasattr(run.generator, "set_start_latent"):
+        return None
+    return run.generator
 
 
 def read_start_latent(path: Path):
@@ -231,9 +241,10 @@ def record_start_latent(cfg: DictConfig, run: Run) -> None:
     """start_latent.safetensors in the run dir: the latent θ started from (kept on resume)."""
     from safetensors.torch import save_file
 
-    latent = getattr(run.generator, "start_latent", lambda: None)()
+    owner = start_latent_owner(run)
+    latent = None if owner is None else owner.start_latent()
     path = Path(run.run_dir) / "start_latent.safetensors"
-    if latent is None or getattr(run.updater, "init_unused", None) or path.exists():
+    if latent is None or path.exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({"start_latent": latent.detach().cpu().contiguous()}, str(path))

@@ -31,7 +31,12 @@ class DiffusionSampler:
         dtype = torch.float32
         width, height = model.size
         channels = model.unet.config.in_channels
-        self.latents = pipe.prepare_latents(1, channels, height, width, dtype, device, self.rng)
+        # the starting noise ε_T, drawn as prepare_latents draws it (the same RNG calls), kept
+        # unscaled: the run's start latent (start_latent.safetensors, init.start_latent=)
+        from diffusers.utils.torch_utils import randn_tensor
+
+        shape = (1, channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+        self.start_noise(randn_tensor(shape, generator=self.rng, device=device, dtype=dtype))
         self.extra = pipe.prepare_extra_step_kwargs(self.rng, 0.0)  # eta 0 (DDIM's default)
         self.time_ids = pipe._get_add_time_ids(
             (height, width),  # original_size: the pipeline's default, the image's own size
@@ -46,6 +51,22 @@ class DiffusionSampler:
         # positional prompts through overlapping windows (MultiDiffusion; genart.windows)
         positional = getattr(getattr(model, "conditioning", None), "positional", False)
         self.windowed = getattr(model, "windows", None) is not None and positional
+
+    def start_noise(self, noise: torch.Tensor) -> None:
+        """x_T from this unscaled noise: the pipeline's prepare_latents (× init_noise_sigma)."""
+        width, height = self.model.size
+        self.initial_noise = noise.to(self.model.z.device, torch.float32)
+        channels = self.model.unet.config.in_channels
+        self.latents = self.pipe.prepare_latents(
+            1,
+            channels,
+            height,
+            width,
+            torch.float32,
+            self.initial_noise.device,
+            None,
+            self.initial_noise.clone(),
+        )
 
     def __len__(self) -> int:
         return len(self.timesteps)
@@ -216,6 +237,27 @@ class SampleUpdater:
                     "generator.taesd as conf/generator/sdxl.yaml does, or use "
                     "clip_guidance.decoder=vae."
                 )
+
+    def start_latent(self) -> torch.Tensor:
+        """The noise ε_T (1, C, H/f, W/f) sampling starts from (x_T = ε_T · init_noise_sigma): the
+        run's gene (start_latent.safetensors), as the studio breeds it."""
+        return self.sampler.initial_noise
+
+    def set_start_latent(self, noise: torch.Tensor, source: str = "init.start_latent") -> None:
+        """Sample from this noise instead of the one drawn from generator.sampler.seed (the
+        sampler's RNG still draws what it draws later, e.g. an ancestral scheduler's noise)."""
+        from genart.errors import UserError
+
+        expected = tuple(self.sampler.initial_noise.shape)
+        if noise.dtype != torch.float32 or tuple(noise.shape) != expected:
+            width, height = self.sampler.model.size
+            raise UserError(
+                f"{source} holds a {tuple(noise.shape)} {noise.dtype} latent, but sampling at "
+                f"size={width}x{height} starts from float32 noise of shape {expected}. Give the "
+                "start_latent.safetensors a run of the same generator and size recorded, or "
+                "change size= to the one that recorded it."
+            )
+        self.sampler.start_noise(noise)
 
     def total_steps(self, steps: int) -> int:
         """The sampler's own number of steps; the run's `steps` counts optimisation steps."""

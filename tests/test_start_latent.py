@@ -197,3 +197,28 @@ def test_sdxl_records_and_takes_its_initial_noise():
     assert sampled.start_latent() is None
     with pytest.raises(UserError, match="generator.init=sample"):
         sampled.set_start_latent(noise)
+
+
+def test_sdxl_sampling_records_its_starting_noise_and_starts_from_a_given_one(tmp_path):
+    """updater=sample (the sdxl default): the gene is the unscaled noise ε_T the sampler starts
+    from (x_T = ε_T · init_noise_sigma); the same file and seed give the same image."""
+    from tests.test_sdxl_runs import SDXL
+
+    common = [*SDXL, "updater=sample", "size=[32,32]", "seed=3"]
+    run_tiny(tmp_path / "a", common)
+    noise = tokens(tmp_path / "a")
+    assert noise.dtype == torch.float32 and noise.shape[:2] == (1, 4)
+    assert 0.8 < float(noise.std()) < 1.2, "unscaled Gaussian noise"
+    other = tmp_path / "other.safetensors"  # first: another start gives another image
+    save_file({"start_latent": torch.flip(noise, dims=[-1]).contiguous()}, str(other))
+    run_tiny(tmp_path / "c", [*common, f"init.start_latent={other}"])
+    assert not np.array_equal(pixels(tmp_path / "a"), pixels(tmp_path / "c"))
+    assert torch.equal(tokens(tmp_path / "c"), torch.flip(noise, dims=[-1]))
+    run_tiny(
+        tmp_path / "b", [*common, f"init.start_latent={tmp_path / 'a/start_latent.safetensors'}"]
+    )
+    assert np.array_equal(pixels(tmp_path / "a"), pixels(tmp_path / "b"))
+    bad = tmp_path / "bad.safetensors"
+    save_file({"start_latent": torch.zeros(1, 4, 3, 3)}, str(bad))
+    with pytest.raises(UserError, match=r"sampling at size=32x32 starts from float32 noise"):
+        run_tiny(tmp_path / "d", [*common, f"init.start_latent={bad}"])
