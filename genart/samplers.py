@@ -246,17 +246,11 @@ class SampleUpdater:
     def set_start_latent(self, noise: torch.Tensor, source: str = "init.start_latent") -> None:
         """Sample from this noise instead of the one drawn from generator.sampler.seed (the
         sampler's RNG still draws what it draws later, e.g. an ancestral scheduler's noise)."""
-        from genart.errors import UserError
+        from genart.generators.base import check_start_latent
 
         expected = tuple(self.sampler.initial_noise.shape)
-        if noise.dtype != torch.float32 or tuple(noise.shape) != expected:
-            width, height = self.sampler.model.size
-            raise UserError(
-                f"{source} holds a {tuple(noise.shape)} {noise.dtype} latent, but sampling at "
-                f"size={width}x{height} starts from float32 noise of shape {expected}. Give the "
-                "start_latent.safetensors a run of the same generator and size recorded, or "
-                "change size= to the one that recorded it."
-            )
+        model = self.sampler.model
+        check_start_latent(noise, expected, model.size, "SDXL sampling's noise", source)
         self.sampler.start_noise(noise)
 
     def total_steps(self, steps: int) -> int:

@@ -220,5 +220,7 @@ def test_sdxl_sampling_records_its_starting_noise_and_starts_from_a_given_one(tm
     assert np.array_equal(pixels(tmp_path / "a"), pixels(tmp_path / "b"))
     bad = tmp_path / "bad.safetensors"
     save_file({"start_latent": torch.zeros(1, 4, 3, 3)}, str(bad))
-    with pytest.raises(UserError, match=r"sampling at size=32x32 starts from float32 noise"):
+    with pytest.raises(
+        UserError, match=r"sampling.s noise at size=32x32 starts from \(1, 4, 16, 16\)"
+    ):
         run_tiny(tmp_path / "d", [*common, f"init.start_latent={bad}"])

@@ -21,6 +21,24 @@ def round_size(size: Sequence[int], multiple: int, family: str) -> tuple[int, in
     return width, height
 
 
+def check_start_latent(
+    latent: torch.Tensor, expected: tuple, size: Sequence[int], what: str, source: str
+) -> None:
+    """A start latent (init.start_latent=) of float32 and `expected` shape, or one paragraph
+    saying which shape `what` (e.g. "SDXL at size=…", "… starts from noise") needs."""
+    if latent.dtype == torch.float32 and tuple(latent.shape) == tuple(expected):
+        return
+    from genart.errors import UserError
+
+    width, height = size
+    raise UserError(
+        f"{source} holds a latent of shape {tuple(latent.shape)} "
+        f"{str(latent.dtype).removeprefix('torch.')}, but {what} at size={width}x{height} "
+        f"starts from {tuple(expected)} float32. Use a start_latent.safetensors recorded by a run "
+        "of the same generator and size, or change size= to the one that recorded it."
+    )
+
+
 class Generator(nn.Module):
     """θ → image (1, 3, H, W) in [0, 1]; the loop only sees this interface."""
 

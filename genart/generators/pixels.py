@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from genart.errors import UserError
-from genart.generators.base import Generator
+from genart.generators.base import Generator, check_start_latent
 
 
 class PixelGenerator(Generator):
@@ -30,14 +29,7 @@ class PixelGenerator(Generator):
     def set_start_latent(self, logits: torch.Tensor, source: str = "init.start_latent") -> None:
         """Start from these logits (1, 3, H, W) float32 instead of the drawn ones."""
         width, height = self.size
-        if logits.dtype != torch.float32 or tuple(logits.shape) != (1, 3, height, width):
-            raise UserError(
-                f"{source} holds a latent of shape {tuple(logits.shape)} "
-                f"{str(logits.dtype).removeprefix('torch.')}, but the pixels generator at "
-                f"size={width}x{height} starts from logits of shape (1, 3, {height}, {width}) "
-                "float32. Use a start_latent.safetensors recorded by a run of the same generator "
-                "and size, or change size= to the one that recorded it."
-            )
+        check_start_latent(logits, (1, 3, height, width), self.size, "the pixels generator", source)
         self.start = logits.clone()
         self.logits.copy_(self.start)
 

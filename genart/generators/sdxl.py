@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from genart.conditioning import PromptConditioning, TextEmbeds
 from genart.errors import UserError
-from genart.generators.base import Generator, round_size
+from genart.generators.base import Generator, check_start_latent, round_size
 from genart.generators.model_folders import local_folder, quiet, variant_in
 from genart.generators.sdxl_checks import (
     check_lora_fits,
@@ -305,14 +305,7 @@ class SDXLGenerator(Generator):
                 "whole plain sampling instead. Use generator.init=noise, or leave "
                 f"{source} unset."
             )
-        if noise.dtype != torch.float32 or tuple(noise.shape) != expected:
-            raise UserError(
-                f"{source} holds a latent of shape {tuple(noise.shape)} "
-                f"{str(noise.dtype).removeprefix('torch.')}, but SDXL at size={width}x{height} "
-                f"starts from noise of shape {expected} float32 (size / {f}). Use a "
-                "start_latent.safetensors recorded by a run of the same generator and size, or "
-                "change size= to the one that recorded it."
-            )
+        check_start_latent(noise, expected, self.size, f"SDXL's noise (size / {f})", source)
         self.start = noise.clone()
         self.z.copy_(self.start)
 
