@@ -37,6 +37,33 @@ def cli(module: str, *args: str, cwd: Path, env: dict | None = None, timeout: fl
     )
 
 
+RAY_SWEEP = [  # overrides that send a sweep's jobs to the cluster `local_ray` started
+    "hydra/launcher=ray",
+    "+hydra.launcher.ray.init.address=auto",
+    "+hydra.launcher.ray.init.object_store_memory=null",
+]
+
+
+@pytest.fixture
+def local_ray(tmp_path):
+    """A local Ray head with 2 CPUs for the test, stopped afterwards (`ray start`, as a user)."""
+    import tempfile
+
+    ray_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Unix socket paths max ~107 chars
+    ray = str(Path(sys.executable).parent / "ray")
+    env = {**user_environment(), **OFFLINE}
+    start = subprocess.run(
+        [ray, "start", "--head", "--num-cpus=2", "--include-dashboard=false",
+         f"--temp-dir={ray_dir}", "--disable-usage-stats"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert start.returncode == 0, start.stderr[-2000:]
+    try:
+        yield RAY_SWEEP
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
 def compose(overrides: list[str]):
     """The job config exactly as `python -m genart <overrides>` composes it."""
     from hydra import compose as hydra_compose

@@ -7,9 +7,6 @@ import importlib.util
 import json
 import math
 import sqlite3
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,7 +14,7 @@ import pytest
 from genart.overrides import quote
 from genart.search.decoding import image_seed
 from genart.search.store import counts, read_evaluations
-from tests.conftest import OFFLINE, REPO, cli, compose, user_environment
+from tests.conftest import REPO, cli, compose
 
 pytestmark = pytest.mark.slow
 SEARCH = [
@@ -228,34 +225,12 @@ def test_a_search_killed_mid_generation_resumes_on_the_same_trajectory(tmp_path)
     importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None,
     reason="needs the ray extra: pip install -e '.[ray]'",
 )
-def test_a_search_runs_its_jobs_on_ray(tmp_path):
-    ray_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Unix socket paths max ~107 chars
-    ray = str(Path(sys.executable).parent / "ray")
-    start = subprocess.run(
-        [ray, "start", "--head", "--num-cpus=2", "--include-dashboard=false",
-         f"--temp-dir={ray_dir}", "--disable-usage-stats"],
-        env={**user_environment(), **OFFLINE}, capture_output=True, text=True, timeout=300,
+def test_a_search_runs_its_jobs_on_ray(tmp_path, local_ray):
+    out, sweep_dir = search(
+        *SEARCH[:-3], "logger=none", "search.population=2", "search.repeats=2",
+        "search.generations=2", *local_ray,
         cwd=tmp_path,
     )  # fmt: skip
-    assert start.returncode == 0, start.stderr[-2000:]
-    try:
-        out, sweep_dir = search(
-            *SEARCH[:-3], "logger=none", "search.population=2", "search.repeats=2",
-            "search.generations=2", "hydra/launcher=ray", "+hydra.launcher.ray.init.address=auto",
-            "+hydra.launcher.ray.init.object_store_memory=null",
-            cwd=tmp_path,
-        )  # fmt: skip
-        assert out.returncode == 0, out.stderr[-3000:]
-        assert counts(sweep_dir / "search.db") == {
-            "individuals": 4,
-            "evaluations": 8,
-            "generations": 2,
-        }
-        assert {r["status"] for r in read_evaluations(sweep_dir / "search.db")} == {"ok"}
-    finally:
-        subprocess.run(
-            [ray, "stop", "--force"],
-            env=OFFLINE | user_environment(),
-            capture_output=True,
-            timeout=120,
-        )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert counts(sweep_dir / "search.db") == {"individuals": 4, "evaluations": 8, "generations": 2}
+    assert {r["status"] for r in read_evaluations(sweep_dir / "search.db")} == {"ok"}

@@ -5,9 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -70,43 +67,14 @@ def test_joblib_sweep(tmp_path):
     importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None,
     reason="needs the ray extra: pip install -e '.[ray]'",
 )
-def test_ray_sweep_on_a_local_cluster(tmp_path):
-    ray_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Unix socket paths max ~107 chars
-    ray = str(Path(sys.executable).parent / "ray")
-    start = subprocess.run(
-        [
-            ray,
-            "start",
-            "--head",
-            "--num-cpus=2",
-            "--include-dashboard=false",
-            f"--temp-dir={ray_dir}",
-            "--disable-usage-stats",
-        ],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
+def test_ray_sweep_on_a_local_cluster(tmp_path, local_ray):
+    out, sweep_dir = sweep(
+        *TINY, "steps=2", "logger=none", "seed=range(0,2)", *local_ray, cwd=tmp_path
     )
-    assert start.returncode == 0, start.stderr[-2000:]
-    try:
-        out, sweep_dir = sweep(
-            *TINY,
-            "steps=2",
-            "logger=none",
-            "seed=range(0,2)",
-            "hydra/launcher=ray",
-            "+hydra.launcher.ray.init.address=auto",
-            "+hydra.launcher.ray.init.object_store_memory=null",
-            cwd=tmp_path,
-        )
-        assert out.returncode == 0, out.stderr[-3000:]
-        assert {r["status"] for r in results(sweep_dir).values()} == {"ok"} and len(
-            results(sweep_dir)
-        ) == 2
-    finally:
-        subprocess.run([ray, "stop", "--force"], env=ENV, capture_output=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert {r["status"] for r in results(sweep_dir).values()} == {"ok"} and len(
+        results(sweep_dir)
+    ) == 2
 
 
 def test_slurm_launcher_composes():
