@@ -147,3 +147,16 @@ def test_a_sweep_renders_the_same_pixels_with_and_without_kept_models(tmp_path, 
     assert (finals["true"][0] != finals["true"][1]).mean() > 0.25
     for fresh, kept in zip(finals["false"], finals["true"], strict=True):
         assert np.array_equal(fresh, kept)
+
+
+def test_a_kept_model_writes_the_very_final_png_of_a_fresh_one(tmp_path):
+    """The same job twice in one process: the first builds (fresh), the second reuses every kept
+    model; their final.png files (pixels, prompts, seed and config chunks) are byte-identical."""
+    job = [*MOVING, "seed=0", "cache_models=true", "scorer=nima_tiny"]
+    run_tiny(tmp_path / "fresh", job)
+    assert [model_cache.hits(r) for r in ("generator", "guide", "scorer")] == [0, 0, 0]
+    run_tiny(tmp_path / "kept", job)
+    assert [model_cache.hits(r) for r in ("generator", "guide", "scorer")] == [1, 1, 1]
+    fresh, kept = (tmp_path / d / "final.png" for d in ("fresh", "kept"))
+    assert (pixels(tmp_path / "fresh/frames/00001.png") != pixels(fresh)).mean() > 0.25, "moved"
+    assert fresh.read_bytes() == kept.read_bytes()
