@@ -220,3 +220,16 @@ def test_bad_search_settings_say_what_to_do():
     with pytest.raises(UserError, match="search.colour is not a search setting"):
         Settings.from_config({"pieces": ["a"], "colour": 1})
     assert math.isclose(settings().init, 0.3)
+
+
+def test_a_config_that_fails_every_job_stops_the_search_after_one(tmp_path):
+    """Missing weights fail every job alike: the first job runs alone and its error stops the
+    search at once (not after a generation of failures); a resume runs it again."""
+    store = SearchStore(tmp_path / "search.db")
+    log: list = []
+    with pytest.raises(UserError, match="The first job of this search failed.*boom"):
+        Search(settings(), store, -10).run(toy_runner(log, fail=lambda e: True))
+    assert log == [(0, 0, 0)]
+    assert counts(store.path)["generations"] == 0, "nothing told"
+    gens = Search(settings(), store, -10).run(toy_runner(log))  # fixed: it runs (resumed too)
+    assert len(gens) == 3 and log.count((0, 0, 0)) == 2

@@ -8,8 +8,9 @@ Resuming never unpickles an optimiser: a new one is built with the same seed and
 ask/tell history from search.db. Each replayed ask must give the stored genome again (checked),
 so the search continues on the very trajectory an uninterrupted one follows. Evaluations already
 finished are taken from the database, never run again; the failed ones of a generation not yet
-told run again (a resume after fixing what made them fail). A generation whose every job failed
-stops the search before it is told, with the first error.
+told run again (a resume after fixing what made them fail). Until some job has worked, a
+generation runs one job first: if it fails (missing weights, a bad override) the search stops
+at once with its error; a generation whose every job failed stops it too, before it is told.
 """
 
 from __future__ import annotations
@@ -218,12 +219,15 @@ class Search:
                 outcomes[e.key] = found
                 self.store.finish([self.row(e, found)])
         todo = [e for e in evaluations if e.key not in outcomes]
+        if todo and len(todo) > 1 and not self.store.succeeded():
+            # nothing has worked yet: one job first, so a config that fails every job (missing
+            # weights) says so after one job, not after a whole generation of failures
+            self.run_batch(todo[:1], runner, outcomes)
+            if outcomes[todo[0].key].status != "ok":
+                self.refuse_all_failed(generation, outcomes[todo[0].key].error, "Its first job")
+            todo = todo[1:]
         if todo:
-            runner.place(todo, self.store.next_job())
-            self.store.launch([vars(e) for e in todo])
-            results = runner.run(todo)
-            self.store.finish([self.row(e, o) for e, o in zip(todo, results, strict=True)])
-            outcomes.update({e.key: o for e, o in zip(todo, results, strict=True)})
+            self.run_batch(todo, runner, outcomes)
         pairs = [(e, outcomes[e.key]) for e in evaluations]
         per_individual = [[] for _ in genomes]
         for e, o in pairs:
@@ -231,14 +235,32 @@ class Search:
         fitness = [sum(f) / len(f) for f in per_individual]
         failed = sum(o.status != "ok" for _, o in pairs)
         if failed == len(pairs):
-            raise UserError(
-                f"Every job of generation {generation} failed, so the search has nothing to learn "
-                f"from; the first said: {pairs[0][1].error}. Fix that (each job's error.txt in "
-                f"{self.store.path.parent} has the details), then continue the search with the same "
-                f"command plus hydra.sweeper.resume={self.store.path.parent}: its failed jobs run again."
-            )
+            self.refuse_all_failed(generation, pairs[0][1].error, "Every job")
         self.store.tell(generation, fitness, failed=failed, evaluations=len(pairs))
         return Generation(generation, fitness, pairs)
+
+    def run_batch(self, todo: list[Evaluation], runner: Runner, outcomes: dict) -> None:
+        """Number and record the evaluations, run them, record their outcomes."""
+        runner.place(todo, self.store.next_job())
+        self.store.launch([vars(e) for e in todo])
+        results = runner.run(todo)
+        self.store.finish([self.row(e, o) for e, o in zip(todo, results, strict=True)])
+        outcomes.update({e.key: o for e, o in zip(todo, results, strict=True)})
+
+    def refuse_all_failed(self, generation: int, error: str | None, which: str) -> None:
+        where = self.store.path.parent
+        if which == "Its first job":
+            raise UserError(
+                f"The first job of this search failed, so it stops before running the rest: "
+                f"{error}. Fix that (the job's error.txt in {where} has the details) and start the "
+                "search again; nothing is lost, no job of it has worked yet."
+            )
+        raise UserError(
+            f"Every job of generation {generation} failed, so the search has nothing to learn "
+            f"from it; the first said: {error}. Fix what made them fail without changing the "
+            f"search's overrides (memory, a file), then continue with the same command plus "
+            f"hydra.sweeper.resume={where}: the failed jobs of that generation run again."
+        )
 
     def fitness_of(self, outcome: Outcome) -> float:
         ok = outcome.status == "ok" and outcome.score is not None and math.isfinite(outcome.score)

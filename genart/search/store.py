@@ -130,6 +130,13 @@ class SearchStore:
         )
         return [r["fitness"] for r in rows]
 
+    def succeeded(self) -> bool:
+        """Whether any evaluation of this search has finished ok."""
+        return (
+            self.db.execute("SELECT 1 FROM evaluations WHERE status = 'ok' LIMIT 1").fetchone()
+            is not None
+        )
+
     def next_job(self) -> int:
         row = self.db.execute("SELECT MAX(job) AS last FROM evaluations").fetchone()
         return 0 if row["last"] is None else int(row["last"]) + 1
