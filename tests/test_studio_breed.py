@@ -1,0 +1,62 @@
+"""The studio's next generation, without the page: picks → children's genes → a real genart sweep
+that starts each job from its child's gene (tiny models, slow tier)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from genart.errors import UserError
+from genart.studio import operators
+from genart.studio.breed import plan_children, read_gene, sweep_command, write_genes
+from tests.conftest import OFFLINE, TINY, cli, user_environment
+
+pytestmark = pytest.mark.slow
+PARENTS = [*TINY, "size=[64,64]", "steps=2", "cutouts.cutn=2", "seed=0,1"]
+
+
+@pytest.fixture(scope="module")
+def parents(tmp_path_factory):
+    root = tmp_path_factory.mktemp("parents")
+    out = cli("genart", *PARENTS, "-m", cwd=root, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (sweep,) = (root / "outputs/multirun").glob("*/*")
+    return sweep
+
+
+def test_children_follow_their_operators(parents):
+    a, b = parents / "0", parents / "1"
+    click = {"run": str(b), "x": 48.0, "y": 16.0}  # image pixels of a 64×64 image
+    children = plan_children([a, b], click, n=4, seed=7, radius=1.0)
+    assert [c.operator for c in children] == ["local", "crossover", "local", "crossover"]
+    assert children[0].parents == [str(b)] and children[1].parents == [str(a), str(b)]
+    gene_b = read_gene(b)
+    h, w = gene_b.shape  # vqgan_tiny: tokens (8, 8)
+    centre = operators.click_to_grid((48.0, 16.0), (64, 64), (w, h))
+    outside = ~operators.disc_mask(centre, 1.0, h, w)
+    changed = children[0].latent != gene_b
+    assert changed.any() and not changed[outside].any(), "a local child changes only near the click"
+    again = plan_children([a, b], click, n=4, seed=7, radius=1.0)
+    assert all(torch.equal(x.latent, y.latent) for x, y in zip(children, again, strict=True))
+    with pytest.raises(UserError, match="Pick at least one favourite"):
+        plan_children([], None, n=2, seed=0)
+
+
+def test_the_next_generation_renders_each_child_from_its_gene(parents, tmp_path):
+    children = plan_children([parents / "0", parents / "1"], None, n=2, seed=3)
+    genes = write_genes(children, tmp_path / "genes")
+    command = sweep_command(parents / "0", genes, tmp_path / "gen1")
+    out = subprocess.run(
+        command, cwd=tmp_path, env={**user_environment(), **OFFLINE}, capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    for i, gene in enumerate(genes):
+        job = tmp_path / "gen1" / str(i)
+        assert torch.equal(load_file(str(job / "start_latent.safetensors"))["start_latent"],
+                           load_file(str(gene))["start_latent"])  # fmt: skip
+        assert (job / "final.png").is_file()
+    assert not torch.equal(children[0].latent, children[1].latent)
