@@ -13,7 +13,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from genart.search.store import SearchStore
 from genart.studio import __main__ as studio_main
-from genart.studio.app import NOT_BUILT, TOKEN_COOKIE, TOKEN_HEADER, create_app
+from genart.studio.app import TOKEN_COOKIE, TOKEN_HEADER, create_app
 from genart.studio.db import FILENAME, StudioStore, studio_dir
 
 SECRET = b"SECRET-OUTSIDE-THE-SWEEP"
@@ -136,14 +136,16 @@ def test_the_search_db_is_read_but_never_written(sweep):
 
 
 # -- Next generation -------------------------------------------------------------------------------
-def test_next_generation_records_the_picks_and_says_it_is_not_built(sweep):
+def test_next_generation_records_the_picks_and_refuses_runs_without_genes(sweep):
+    """These fake jobs have no start_latent.safetensors: the picks are recorded, and breeding
+    is refused in one sentence (tests/test_studio_breed.py launches real children)."""
     _, client = client_of(sweep)
     token = csrf_of(client.get("/").data)
     click = json.dumps({"run": "2", "x": 5.0, "y": 6.5})
     r = client.post(
         "/next", data={"csrf": token, "favourite": ["0", "3"], "click": click, "children": "4"}
     )
-    assert r.status_code == 501 and NOT_BUILT in r.get_data(as_text=True)
+    assert r.status_code == 400 and "start_latent.safetensors" in r.get_data(as_text=True)
     [row] = picks(sweep)
     assert row["favourites"] == [str(sweep / "0"), str(sweep / "3")]
     assert row["click"] == {"run": str(sweep / "2"), "x": 5.0, "y": 6.5} and row["children"] == 4
@@ -294,3 +296,9 @@ def test_with_a_token_the_first_visit_sets_a_cookie_and_the_header_works(sweep):
         fresh.get("/", headers={"Host": "0.0.0.0:8765", TOKEN_HEADER: "s3cret-token"}).status_code
         == 200
     )
+
+
+@pytest.mark.parametrize("gen", ["../", "1", "-1", "99", "1e3", "%2e%2e", "0x1"])
+def test_a_generation_the_studio_did_not_make_is_not_found(sweep, gen):
+    _, client = client_of(sweep)
+    assert client.get(f"/?gen={gen}").status_code == 404

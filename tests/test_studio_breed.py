@@ -15,7 +15,7 @@ from genart.studio.breed import plan_children, read_gene, sweep_command, write_g
 from tests.conftest import OFFLINE, TINY, cli, user_environment
 
 pytestmark = pytest.mark.slow
-PARENTS = [*TINY, "size=[64,64]", "steps=2", "cutouts.cutn=2", "seed=0,1"]
+PARENTS = [*TINY, "size=[64,64]", "steps=2", "cutouts.cutn=2", "seed=0,1,2,3"]
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +60,50 @@ def test_the_next_generation_renders_each_child_from_its_gene(parents, tmp_path)
                            load_file(str(gene))["start_latent"])  # fmt: skip
         assert (job / "final.png").is_file()
     assert not torch.equal(children[0].latent, children[1].latent)
+
+
+def test_next_in_the_studio_launches_the_children_and_shows_their_lineage(parents):
+    """The page's POST as a browser sends it: favourites 0 and 1, a click on 2, 3 children. The
+    children render as a new sweep in studio/gen_1/sweep; its page shows each card's lineage."""
+    import html
+    import re
+    import time
+
+    from genart.studio.app import create_app
+    from genart.studio.db import StudioStore, studio_dir
+
+    client = create_app(parents).test_client()
+    page = client.get("/").get_data(as_text=True)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page)[1]
+    click = '{"run": "2", "x": 40.0, "y": 20.0}'
+    form = {"csrf": csrf, "gen": "0", "favourite": ["0", "1"], "click": click, "children": "3"}
+    r = client.post("/next", data=form)
+    assert r.status_code == 303 and r.headers["Location"] == "/?gen=1"
+    sweep = studio_dir(parents) / "gen_1" / "sweep"
+    deadline = time.monotonic() + 300
+    while len(list(sweep.glob("*/result.json"))) < 3 and time.monotonic() < deadline:
+        assert "rendering:" in client.get("/?gen=1").get_data(as_text=True) or sweep.is_dir()
+        time.sleep(1)
+    log = (studio_dir(parents) / "gen_1" / "launch.log").read_text()
+    assert len(list(sweep.glob("*/final.png"))) == 3, log[-3000:]
+    page = html.unescape(client.get("/?gen=1").get_data(as_text=True))
+    assert (
+        "rendering:" not in page and page.count("local of") == 2 and page.count("crossover of") == 1
+    )
+    db = StudioStore(studio_dir(parents) / "studio.db")
+    rows = [db.lineage(sweep / str(i)) for i in range(3)]
+    db.close()
+    assert [r["operator"] for r in rows] == ["local", "crossover", "local"]
+    assert rows[1]["parents"] == [str(parents / "0"), str(parents / "1")]
+    assert rows[0]["parents"] == [str(parents / "2")] and (
+        rows[0]["click_x"],
+        rows[0]["click_y"],
+    ) == (40.0, 20.0)
+    gene_2 = read_gene(parents / "2")
+    h, w = gene_2.shape
+    outside = ~operators.disc_mask(
+        operators.click_to_grid((40.0, 20.0), (64, 64), (w, h)), 2.0, h, w
+    )
+    local = read_gene(sweep / "0")
+    assert (local != gene_2).any() and torch.equal(local[outside], gene_2[outside])
+    assert client.get("/file/gen_1/sweep/0/final.png").status_code == 200

@@ -1,7 +1,10 @@
 """The studio's web app (Flask): a generation's images, favourites, a click, "Next generation".
 
-First slice of issue 17's must haves 4 and 5: the page and the picks are real; launching the
-next generation is not built yet, and the POST says so (501) after recording the picks.
+Issue 17's must haves 4 and 5, in part: the page, the picks, and "Next generation", which breeds
+the children's genes (genart.studio.breed), launches them as a new genart sweep in
+`studio/gen_<k>/sweep` through the parents' own launcher, records their lineage, and shows that
+generation's page (refreshing while it renders). Not yet: surrogate ranking on the page, presets
+from children, a browser test.
 Security: Host header checked (DNS rebinding), a token when bound beyond loopback, a CSRF token
 on every POST, files served only from inside the sweep dirs (symlinks resolved), Jinja
 autoescape for everything the sweep wrote (prompts included).
@@ -24,7 +27,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp")  # nothing else is ever served
 TOKEN_COOKIE, TOKEN_HEADER = "genart_studio_token", "X-Studio-Token"
 MAX_CHILDREN = 64  # a page of children; more is a sweep, not a studio step
-NOT_BUILT = "launching the next generation is not built yet (issue 17)"
+GENERATION = "gen_{}"  # studio/gen_<k>/: genes/, sweep/, launch.log
 
 PAGE = """<!doctype html>
 <html lang="en">
@@ -44,10 +47,14 @@ body { font: 14px system-ui, sans-serif; margin: 1rem; background: #fafafa; colo
 </style>
 </head>
 <body>
-<h1>{{ sweep.name }}</h1>
+{% if rendering %}<meta http-equiv="refresh" content="3">{% endif %}
+<h1>{{ sweep.name }}{% if gen %} · generation {{ gen }}{% endif %}</h1>
+<p>generations: <a href="/">0</a>{% for k in generations %} · <a href="/?gen={{ k }}">{{ k }}</a>{% endfor %}</p>
+{% if rendering %}<p id="progress">rendering: {{ done }} of {{ expected }} done</p>{% endif %}
 <p>{{ cards|length }} images. Tick favourites, click a point on an image to mark "change here".</p>
 <form method="post" action="/next">
 <input type="hidden" name="csrf" value="{{ csrf }}">
+<input type="hidden" name="gen" value="{{ gen }}">
 <input type="hidden" name="click" id="click" value="">
 <div id="grid">
 {% for card in cards %}
@@ -93,7 +100,8 @@ def create_app(
     StudioStore(db_path).close()  # created (schema) at start-up, never by a GET
     app.config.update(
         SWEEP=sweep,
-        ROOTS=[sweep],
+        STUDIO=studio_dir(sweep),
+        ROOTS=[sweep, studio_dir(sweep)],
         STUDIO_DB=db_path,
         TOKEN=token,
         CSRF=secrets.token_urlsafe(32),
@@ -189,17 +197,54 @@ def index():
 
     g.nonce = secrets.token_urlsafe(16)
     cfg = current_app.config
+    gen = generation_arg(request.args.get("gen", ""))
+    sweep = generation_sweep(gen)
+    expected = len(list((cfg["STUDIO"] / GENERATION.format(gen) / "genes").glob("*"))) if gen else 0
+    done = len(list(sweep.glob("*/result.json"))) if sweep.is_dir() else 0
     return render_template_string(
         PAGE,
         sweep=cfg["SWEEP"],
-        cards=read_cards(cfg["SWEEP"], store()),
+        gen=gen,
+        generations=generations(cfg["STUDIO"]),
+        rendering=bool(gen) and done < expected,
+        done=done,
+        expected=expected,
+        cards=read_cards(sweep, store(), prefix=image_prefix(gen)) if sweep.is_dir() else [],
         csrf=cfg["CSRF"],
         nonce=g.nonce,
         max_children=MAX_CHILDREN,
     )
 
 
-def read_cards(sweep: Path, store: StudioStore) -> list[dict]:
+def generation_arg(text: str) -> int:
+    """`?gen=<k>`: 0 (the sweep the studio opened) or a generation the studio made."""
+    from flask import current_app
+
+    if text in ("", "0"):
+        return 0
+    if not text.isdigit() or int(text) not in generations(current_app.config["STUDIO"]):
+        abort(404)
+    return int(text)
+
+
+def generations(studio: Path) -> list[int]:
+    found = (p.name.removeprefix("gen_") for p in studio.glob("gen_*") if p.is_dir())
+    return sorted(int(k) for k in found if k.isdigit())
+
+
+def generation_sweep(gen: int) -> Path:
+    from flask import current_app
+
+    cfg = current_app.config
+    return cfg["SWEEP"] if gen == 0 else cfg["STUDIO"] / GENERATION.format(gen) / "sweep"
+
+
+def image_prefix(gen: int) -> str:
+    """Where a generation's images are, relative to the studio dir (a served root)."""
+    return "" if gen == 0 else f"{GENERATION.format(gen)}/sweep/"
+
+
+def read_cards(sweep: Path, store: StudioStore, prefix: str = "") -> list[dict]:
     """One card per job: image (relative to the sweep), score, prompt, lineage row if any."""
     prompts = read_search_prompts(sweep)
     cards = []
@@ -212,7 +257,7 @@ def read_cards(sweep: Path, store: StudioStore) -> list[dict]:
                 "status": job["status"],
                 "seed": job["seed"],
                 "score_text": "—" if job["score"] is None else f"{job['score']:.4f}",
-                "image": f"{job_dir.name}/final.png" if image.is_file() else None,
+                "image": f"{prefix}{job_dir.name}/final.png" if image.is_file() else None,
                 "prompt": job.get("prompt")
                 or prompts.get(key(job_dir))
                 or png_prompt(image)
@@ -245,35 +290,64 @@ def serve_file(rel: str):
 
 
 def inside(rel: str, roots: list[Path]) -> Path | None:
-    """`rel` under a root, resolved, if it stays inside that root; else None."""
+    """`rel` under a root, resolved, if it stays inside that root (the first root where it
+    exists); else None."""
     if "\\" in rel or "\x00" in rel or Path(rel).is_absolute():
         return None
     for root in roots:
         path = (root / rel).resolve()
-        if path.is_relative_to(root):
+        if path.is_relative_to(root) and path.exists():
             return path
     return None
 
 
 def next_generation():
-    """Validate and record the picks; launching the children is not built yet (501)."""
+    """Validate and record the picks, breed the children's genes, launch them as a new sweep
+    (studio/gen_<k>/sweep) with their lineage, and show that generation."""
     from flask import current_app
+
+    from genart.errors import UserError
 
     cfg = current_app.config
     if not same(request.form.get("csrf", ""), cfg["CSRF"]):
         abort(403, "missing or wrong CSRF token: reload the studio page and try again")
-    known = {d.name: d for d in job_dirs(cfg["SWEEP"])}
+    gen = generation_arg(request.form.get("gen", ""))
+    known = {d.name: d for d in job_dirs(generation_sweep(gen))}
     favourites = request.form.getlist("favourite")
     if not favourites or any(f not in known for f in favourites):
         abort(400, "tick at least one favourite among this generation's images")
     children = parse_children(request.form.get("children", ""))
     click = parse_click(request.form.get("click", ""), known)
-    store().add_picks(cfg["SWEEP"], [known[f] for f in favourites], click, children)
-    return (
-        NOT_BUILT + "; your picks are recorded in studio.db.\n",
-        501,
-        {"Content-Type": "text/plain; charset=utf-8"},
-    )
+    store().add_picks(generation_sweep(gen), [known[f] for f in favourites], click, children)
+    try:
+        k = launch(cfg["STUDIO"], [known[f] for f in favourites], click, children, store())
+    except UserError as err:
+        abort(400, str(err))
+    return redirect(f"/?gen={k}", code=303)
+
+
+def launch(studio: Path, favourites: list[Path], click: dict | None, n: int, db) -> int:
+    """Generation k: genes, lineage rows and the sweep (a background process: the page polls)."""
+    import os
+    import subprocess
+
+    from genart.studio.breed import plan_children, sweep_command, write_genes
+
+    k = max(generations(studio), default=0) + 1
+    folder = studio / GENERATION.format(k)
+    children = plan_children(favourites, click, n, seed=k)
+    genes = write_genes(children, folder / "genes")
+    sweep = folder / "sweep"
+    for child in children:
+        parents = [Path(p) for p in child.parents]
+        db.add_lineage(
+            sweep / str(child.index), parents, child.operator, child.seed, k, child.click
+        )
+    command = sweep_command(favourites[0] if favourites else Path(click["run"]), genes, sweep)
+    env = {key: v for key, v in os.environ.items() if key != "WANDB_SERVICE"}
+    with open(folder / "launch.log", "w") as log:
+        subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT, env=env)
+    return k
 
 
 def parse_children(text: str) -> int:
