@@ -111,8 +111,8 @@ def test_each_card_shows_its_lineage_row(sweep):
     _, client = client_of(sweep)
     page = client.get("/").get_data(as_text=True)
     assert page.count('class="lineage"') == 1
-    assert f"crossover of\n {sweep / '0'}, {sweep / '1'}" in page
-    assert "seed 7" in page and "click\n (3.5, 4.0)" in page
+    assert "crossover of gen 0 job 0, gen 0 job 1 at (4,\n 4)" in page
+    assert "breeding seed 7" in page and f"{sweep / '0'}, {sweep / '1'}" in page  # the title
 
 
 def test_studio_db_sits_in_studio_beside_the_sweeps_with_the_search_schema(sweep):

@@ -78,8 +78,10 @@ def test_pick_two_click_a_third_press_next_and_see_the_children(tmp_path):
                 )
             )
             lineage = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".lineage")]
-            assert sum(t.startswith("local of") for t in lineage) == 2, lineage
-            assert sum(t.startswith("crossover of") for t in lineage) == 1, lineage
+            assert sum(t.startswith("local of gen 0 job 2 at") for t in lineage) == 2, lineage
+            assert (
+                sum(t.startswith("crossover of gen 0 job 0, gen 0 job 1") for t in lineage) == 1
+            ), lineage
             loaded = (
                 "return Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
             )

@@ -64,10 +64,11 @@ body { font: 14px system-ui, sans-serif; margin: 1rem; background: #fafafa; colo
 {% if card.image %}<div class="pick"><img src="/file/{{ card.image }}" alt="job {{ card.rel }}"
  data-run="{{ card.rel }}"><span class="mark"></span></div>{% endif %}
 <p class="prompt">{{ card.prompt }}</p>
-{% if card.lineage %}<p class="lineage">{{ card.lineage.operator }} of
- {{ card.lineage.parents|join(", ") }} · seed {{ card.lineage.seed }} · generation
- {{ card.lineage.generation }}{% if card.lineage.click_x is not none %} · click
- ({{ card.lineage.click_x }}, {{ card.lineage.click_y }}){% endif %}</p>{% endif %}
+{% if card.lineage %}<p class="lineage" title="{{ card.lineage.parents|join(", ") }}">
+{{- card.lineage.operator }} of {{ card.lineage.labels|join(", ") }}
+{%- if card.lineage.click_x is not none %} at ({{ "%.0f"|format(card.lineage.click_x) }},
+ {{ "%.0f"|format(card.lineage.click_y) }}){% endif %} · breeding seed {{ card.lineage.seed }}
+ · generation {{ card.lineage.generation }}</p>{% endif %}
 </div>
 {% endfor %}
 </div>
@@ -262,10 +263,29 @@ def read_cards(sweep: Path, store: StudioStore, prefix: str = "") -> list[dict]:
                 or prompts.get(key(job_dir))
                 or png_prompt(image)
                 or " ".join(job["overrides"]),
-                "lineage": store.lineage(job_dir),
+                "lineage": labelled(store.lineage(job_dir)),
             }
         )
     return cards
+
+
+def labelled(lineage: dict | None) -> dict | None:
+    """The lineage row with its parents as "gen k job n" (the full dirs in the title)."""
+    if lineage is None:
+        return None
+    return {**lineage, "labels": [run_label(Path(p)) for p in lineage["parents"]]}
+
+
+def run_label(run: Path) -> str:
+    from flask import current_app
+
+    cfg = current_app.config
+    if run.parent == cfg["SWEEP"]:
+        return f"gen 0 job {run.name}"
+    generation = run.parent.parent.name.removeprefix("gen_")
+    if run.parent.parent.parent == cfg["STUDIO"] and generation.isdigit():
+        return f"gen {generation} job {run.name}"
+    return str(run)
 
 
 def png_prompt(image: Path) -> str | None:
