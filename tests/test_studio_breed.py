@@ -107,3 +107,30 @@ def test_next_in_the_studio_launches_the_children_and_shows_their_lineage(parent
     local = read_gene(sweep / "0")
     assert (local != gene_2).any() and torch.equal(local[outside], gene_2[outside])
     assert client.get("/file/gen_1/sweep/0/final.png").status_code == 200
+
+
+def test_a_child_saved_as_a_preset_renders_the_same_image(parents, tmp_path):
+    """A studio child (it started from a gene file under studio/) saved with `presets save`:
+    the preset carries the gene beside it and reproduces the child pixel for pixel elsewhere."""
+    import numpy as np
+    from PIL import Image
+
+    children = plan_children([parents / "0", parents / "1"], None, n=1, seed=5)
+    genes = write_genes(children, tmp_path / "genes")
+    out = subprocess.run(
+        sweep_command(parents / "0", genes, tmp_path / "gen"), cwd=tmp_path,
+        env={**user_environment(), **OFFLINE}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    child, elsewhere = tmp_path / "gen" / "0", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {"GENART_PRESETS_DIR": str(tmp_path / "presets")}
+    save = cli("genart.presets", "save", str(child), "--name", "child", cwd=tmp_path, env=env)
+    assert save.returncode == 0, save.stderr[-3000:]
+    run = cli("genart", "+preset=child", cwd=elsewhere, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (again,) = (elsewhere / "outputs").glob("2*/*")
+    assert torch.equal(read_gene(again), children[0].latent)
+    first, second = (np.asarray(Image.open(d / "final.png")) for d in (child, again))
+    assert not np.array_equal(first, np.asarray(Image.open(parents / "0" / "final.png")))
+    assert np.array_equal(first, second)
