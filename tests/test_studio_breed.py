@@ -77,6 +77,7 @@ def test_next_in_the_studio_launches_the_children_and_shows_their_lineage(parent
     csrf = re.search(r'name="csrf" value="([^"]+)"', page)[1]
     click = '{"run": "2", "x": 40.0, "y": 20.0}'
     form = {"csrf": csrf, "gen": "0", "favourite": ["0", "1"], "click": click, "children": "3"}
+    form["rank"] = "on"  # the page's default: the crossover child is the best of 4 bred
     r = client.post("/next", data=form)
     assert r.status_code == 303 and r.headers["Location"] == "/?gen=1"
     sweep = studio_dir(parents) / "gen_1" / "sweep"
@@ -90,6 +91,9 @@ def test_next_in_the_studio_launches_the_children_and_shows_their_lineage(parent
     assert (
         "rendering:" not in page and page.count("local of") == 2 and page.count("crossover of") == 1
     )
+    words = " ".join(page.split())
+    assert "ranked by your picks: the bred children are the best 1 of 4 candidates" in words
+    assert "(4 images seen, 2 chosen)" in words
     db = StudioStore(studio_dir(parents) / "studio.db")
     rows = [db.lineage(sweep / str(i)) for i in range(3)]
     db.close()
@@ -134,3 +138,20 @@ def test_a_child_saved_as_a_preset_renders_the_same_image(parents, tmp_path):
     first, second = (np.asarray(Image.open(d / "final.png")) for d in (child, again))
     assert not np.array_equal(first, np.asarray(Image.open(parents / "0" / "final.png")))
     assert np.array_equal(first, second)
+
+
+def test_without_ranking_no_model_is_fitted(parents, tmp_path, monkeypatch):
+    """The switch off: Next breeds in order, builds no model and the page says nothing of taste."""
+    import re
+
+    import genart.studio.breed as breed
+    from genart.studio.app import create_app
+    from genart.studio.db import studio_dir
+
+    monkeypatch.setattr(breed, "parent_models", lambda *a: pytest.fail("a model was built"))
+    client = create_app(parents).test_client()
+    csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/").get_data(as_text=True))[1]
+    r = client.post("/next", data={"csrf": csrf, "favourite": ["0", "1"], "children": "1"})
+    k = int(r.headers["Location"].rsplit("=", 1)[1])
+    assert not (studio_dir(parents) / f"gen_{k}" / "ranked.json").exists()
+    assert "ranked by your picks" not in client.get(f"/?gen={k}").get_data(as_text=True)

@@ -51,6 +51,9 @@ body { font: 14px system-ui, sans-serif; margin: 1rem; background: #fafafa; colo
 <h1>{{ sweep.name }}{% if gen %} · generation {{ gen }}{% endif %}</h1>
 <p>generations: <a href="/">0</a>{% for k in generations %} · <a href="/?gen={{ k }}">{{ k }}</a>{% endfor %}</p>
 {% if rendering %}<p id="progress">rendering: {{ done }} of {{ expected }} done</p>{% endif %}
+{% if ranked %}<p id="ranked">ranked by your picks: the bred children are the best
+ {{ ranked.kept }} of {{ ranked.pool }} candidates by a model of your taste ({{ ranked.seen }} images
+ seen, {{ ranked.chosen }} chosen)</p>{% endif %}
 <p>{{ cards|length }} images. Tick favourites, click a point on an image to mark "change here".</p>
 <form method="post" action="/next">
 <input type="hidden" name="csrf" value="{{ csrf }}">
@@ -73,7 +76,8 @@ body { font: 14px system-ui, sans-serif; margin: 1rem; background: #fafafa; colo
 {% endfor %}
 </div>
 <p><label>children <input type="number" name="children" min="1" max="{{ max_children }}"
- value="4"></label> <button type="submit">Next generation</button></p>
+ value="4"></label> <label><input type="checkbox" name="rank" value="on" checked> rank by my
+ picks</label> <button type="submit">Next generation</button></p>
 </form>
 <script nonce="{{ nonce }}">
 document.querySelectorAll(".pick img").forEach((img) => img.addEventListener("click", (e) => {
@@ -208,6 +212,7 @@ def index():
         gen=gen,
         generations=generations(cfg["STUDIO"]),
         rendering=bool(gen) and done < expected,
+        ranked=read_ranked(cfg["STUDIO"] / GENERATION.format(gen)) if gen else None,
         done=done,
         expected=expected,
         cards=read_cards(sweep, store(), prefix=image_prefix(gen)) if sweep.is_dir() else [],
@@ -215,6 +220,13 @@ def index():
         nonce=g.nonce,
         max_children=MAX_CHILDREN,
     )
+
+
+def read_ranked(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / "ranked.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def generation_arg(text: str) -> int:
@@ -340,14 +352,18 @@ def next_generation():
     click = parse_click(request.form.get("click", ""), known)
     store().add_picks(generation_sweep(gen), [known[f] for f in favourites], click, children)
     try:
-        k = launch(cfg["STUDIO"], [known[f] for f in favourites], click, children, store())
+        rank = request.form.get("rank") == "on"
+        k = launch(cfg["STUDIO"], [known[f] for f in favourites], click, children, store(), rank)
     except UserError as err:
         abort(400, str(err))
     return redirect(f"/?gen={k}", code=303)
 
 
-def launch(studio: Path, favourites: list[Path], click: dict | None, n: int, db) -> int:
-    """Generation k: genes, lineage rows and the sweep (a background process: the page polls)."""
+def launch(
+    studio: Path, favourites: list[Path], click: dict | None, n: int, db, rank: bool = False
+) -> int:
+    """Generation k: genes (ranked by the user's taste when asked), lineage rows and the sweep
+    (a background process: the page polls)."""
     import os
     import subprocess
 
@@ -356,7 +372,10 @@ def launch(studio: Path, favourites: list[Path], click: dict | None, n: int, db)
     k = max(generations(studio), default=0) + 1
     folder = studio / GENERATION.format(k)
     children = plan_children(favourites, click, n, seed=k)
+    ranked = rank_by_taste(studio, children, favourites, db) if rank and favourites else None
     genes = write_genes(children, folder / "genes")
+    if ranked is not None:
+        (folder / "ranked.json").write_text(json.dumps(ranked, indent=2))
     sweep = folder / "sweep"
     for child in children:
         parents = [Path(p) for p in child.parents]
@@ -368,6 +387,24 @@ def launch(studio: Path, favourites: list[Path], click: dict | None, n: int, db)
     with open(folder / "launch.log", "w") as log:
         subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT, env=env)
     return k
+
+
+def rank_by_taste(studio: Path, children: list, favourites: list[Path], db) -> dict | None:
+    """Fit the surrogate on every image seen (every generation's jobs), chosen = ever ticked, and
+    let it pick the bred children from a larger pool; None when it learned nothing."""
+    from flask import current_app
+
+    from genart.studio.breed import fit_taste, parent_models, rank_children
+
+    seen = list(job_dirs(current_app.config["SWEEP"]))
+    for k in generations(studio):
+        sweep = studio / GENERATION.format(k) / "sweep"
+        seen += list(job_dirs(sweep)) if sweep.is_dir() else []
+    chosen = {f for row in db.picks() for f in row["favourites"]}
+    generator, guide = parent_models(favourites[0])
+    surrogate = fit_taste(seen, chosen, guide)
+    ranked = rank_children(children, favourites, surrogate, generator, guide)
+    return None if ranked is None else {**ranked, "seen": len(seen), "chosen": len(chosen)}
 
 
 def parse_children(text: str) -> int:

@@ -139,3 +139,59 @@ def sweep_command(template_run: Path, genes: Sequence[Path], sweep_dir: Path) ->
 
 def shown(command: list[str]) -> str:
     return shlex.join(["python", *command[1:]])
+
+
+# -- ranking by the user's taste (surrogate.py) ----------------------------------------------------
+def fit_taste(seen: Sequence[Path], chosen: set[str], guide):
+    """A Surrogate fitted on the CLIP embeddings of every image the user has seen (final.png of
+    each run), chosen (ever ticked as a favourite) against not; unfitted with one class only."""
+    from genart.images import load_image
+    from genart.studio.previews import embed
+    from genart.studio.surrogate import Surrogate
+
+    runs = [Path(r) for r in seen if (Path(r) / "final.png").is_file()]
+    with torch.no_grad():
+        images = torch.cat([load_image(r / "final.png", "final.png") for r in runs])
+        embeddings = embed(guide, images)
+    return Surrogate().fit(embeddings, [str(r.resolve()) in chosen for r in runs])
+
+
+def parent_models(run_dir: Path):
+    """The run's own generator and guide, from its saved config, to preview and embed with."""
+    from hydra.utils import instantiate
+
+    config = OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml")
+    return instantiate(config.generator).eval(), instantiate(config.guide).eval()
+
+
+def rank_children(
+    children: list[Child],
+    favourites: Sequence[Path],
+    surrogate,
+    generator,
+    guide,
+    pool_factor: int = 4,
+    mutation: float = 0.25,
+) -> dict | None:
+    """The crossover and plain children, replaced by the top of a pool `pool_factor` times as
+    large, bred the same way and ranked by the surrogate on cheap previews of their starts
+    (previews.py). Local children stay: they answer a click. Returns {scores, kept, pool}, or
+    None when the surrogate learned nothing (nothing or everything chosen)."""
+    from genart.studio.surrogate import breed_and_rank
+
+    bred = [c for c in children if c.operator in ("crossover", "plain")]
+    if not bred or not surrogate.fitted:
+        return None
+    genes = [read_gene(Path(p)) for p in favourites]
+    kind, codes = gene_kind(genes[0]), n_codes(Path(favourites[0]))
+
+    def breed(rng):
+        if len(genes) >= 2:
+            return breed_child(genes, rng, mutation, kind, codes)
+        return operators.plain_mutation(genes[0], mutation, rng, kind, codes)
+
+    k = len(bred)
+    ranked = breed_and_rank(breed, pool_factor * k, k, bred[0].seed, surrogate, generator, guide)
+    for child, latent in zip(bred, ranked.latents, strict=True):
+        child.latent = latent
+    return {"scores": [float(s) for s in ranked.scores], "kept": k, "pool": pool_factor * k}
