@@ -82,6 +82,8 @@ def test_pick_two_click_a_third_press_next_and_see_the_children(tmp_path):
             assert (
                 sum(t.startswith("crossover of gen 0 job 0, gen 0 job 1") for t in lineage) == 1
             ), lineage
+            ranked = driver.find_element(By.ID, "ranked").text  # the switch is on by default
+            assert ranked.startswith("ranked by your picks"), ranked
             loaded = (
                 "return Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
             )
