@@ -3,8 +3,8 @@
 Issue 17's must haves 4 and 5, in part: the page, the picks, and "Next generation", which breeds
 the children's genes (genart.studio.breed), launches them as a new genart sweep in
 `studio/gen_<k>/sweep` through the parents' own launcher, records their lineage, and shows that
-generation's page (refreshing while it renders). Not yet: surrogate ranking on the page, presets
-from children, a browser test.
+generation's page (refreshing while it renders); "rank by my picks" lets a surrogate of the
+user's taste choose the bred children from a larger pool. Not yet: a preset button per card.
 Security: Host header checked (DNS rebinding), a token when bound beyond loopback, a CSRF token
 on every POST, files served only from inside the sweep dirs (symlinks resolved), Jinja
 autoescape for everything the sweep wrote (prompts included).
