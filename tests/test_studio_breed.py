@@ -111,6 +111,10 @@ def test_next_in_the_studio_launches_the_children_and_shows_their_lineage(parent
     local = read_gene(sweep / "0")
     assert (local != gene_2).any() and torch.equal(local[outside], gene_2[outside])
     assert client.get("/file/gen_1/sweep/0/final.png").status_code == 200
+    restarted = create_app(parents).test_client()  # a new studio process: disk and db suffice
+    again = html.unescape(restarted.get("/?gen=1").get_data(as_text=True))
+    assert again.count("local of gen 0 job 2 at") == 2 and "generations: " in again
+    assert '<a href="/?gen=1">1</a>' in restarted.get("/").get_data(as_text=True)
 
 
 def test_a_child_saved_as_a_preset_renders_the_same_image(parents, tmp_path):
