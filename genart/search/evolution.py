@@ -96,6 +96,11 @@ class Outcome:
     image: str | None = None
     error: str | None = None
 
+    @property
+    def scored(self) -> bool:
+        """Finished ok with a finite score: what counts as the score, not the worst."""
+        return self.status == "ok" and self.score is not None and math.isfinite(self.score)
+
 
 @dataclass
 class Runner:
@@ -263,11 +268,10 @@ class Search:
         )
 
     def fitness_of(self, outcome: Outcome) -> float:
-        ok = outcome.status == "ok" and outcome.score is not None and math.isfinite(outcome.score)
-        return float(outcome.score) if ok else self.worst
+        return float(outcome.score) if outcome.scored else self.worst
 
     def row(self, e: Evaluation, o: Outcome) -> dict:
-        ok = o.status == "ok" and o.score is not None and math.isfinite(o.score)
+        ok = o.scored
         return {
             "generation": e.generation, "individual": e.individual, "repeat": e.repeat,
             "image": o.image, "score": o.score if ok else None, "fitness": self.fitness_of(o),
